@@ -1,0 +1,251 @@
+"""The NC3 fairness regulariser of Xu et al. (ICLR 2025), as used inside the train step.
+
+Notation (DESIGN.md section 4): h_t is the feature at position t, y_t the class id paired
+with it, G the resolved word-set ids (K of them, in a fixed order), W[G] the decoder rows of
+those classes (the tied word embedding). For each class present so far:
+
+    mu_c = mean of h_t over positions with y_t = c
+    mu_G = unweighted mean of mu_c over the present classes
+    s_c  = cos(W[c], mu_c - mu_G),  normalize(x) = x / (||x|| + eps), eps = float32 epsilon
+    R    = unbiased std of s_c over the present classes  (0, with nc3_valid False, if < 2)
+
+Public API (the train step calls these inside `jax.jit`):
+
+- `make_slot_table(class_ids, vocab_size) -> [vocab] int32`: vocabulary id -> slot. Slot k
+  for `class_ids[k]`, slot K for every other id (discarded).
+- `penalty_targets(input_ids, attention_mask, *, label_shift) -> (labels, weights)`: the
+  class id paired with each position and its 0/1 weight ([batch, length] each).
+- `init_state(num_classes, hidden) -> PenaltyState`: the running statistics, a plain dict
+  `{'sums': [K, hidden] float32, 'counts': [K] float32}` (a pytree of arrays, so an orbax
+  checkpoint holds it as is).
+- `class_sums(features, labels, weights, slot_table, num_classes) -> (sums, counts)`: the
+  per-class sums with a one-hot einsum over K slots (never a tokens x vocab one-hot).
+- `class_sums_segment(...)`: the same sums with `jax.ops.segment_sum`; the test oracle.
+- `nc3_from_stats(sums, counts, class_weights) -> (R, valid, num_present)`: R from sums.
+- `nc3_penalty(state, features, labels, weights, class_weights, slot_table, *, mode,
+  ema=0.0, stop_gradient_mu=False) -> (R, new_state, metrics)`: one step of either mode;
+  metrics = {'nc3': R, 'nc3_valid': bool, 'nc3_classes': number of present classes}.
+
+Modes:
+- 'reference' (the paper's released code): statistics accumulate over every step of the run
+  and are never reset; features enter through `stop_gradient`, so R's gradient reaches only
+  W[G]. Use `penalty_targets(..., label_shift=1)` with the last encoder layer.
+- 'batch' (MLM-consistent): statistics of the current batch (with `ema > 0`, an exponential
+  moving average of sums and counts across steps: stats = ema * state + (1 - ema) * batch);
+  gradients reach the features through mu unless `stop_gradient_mu`.
+
+Data parallelism: the class sums contract over every position of the (globally sharded)
+batch, so under `jax.jit` with the batch sharded on a ('data',) mesh the compiler all-reduces
+sums and counts over devices; means are formed only after that reduction. Nothing here
+divides per device.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PenaltyState = dict  # {'sums': [K, H] float32, 'counts': [K] float32}
+
+MODES = ("reference", "batch")
+
+# float32 machine epsilon, as in the reference normalize(x) = x / (||x|| + eps).
+EPS = float(np.finfo(np.float32).eps)
+
+# Sums must not silently drop to TF32/bf16 passes on accelerators.
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def make_slot_table(class_ids: Sequence[int], vocab_size: int) -> jnp.ndarray:
+    """Vocabulary -> slot lookup: [vocab_size] int32, slot k for class_ids[k], K otherwise.
+
+    Raises ValueError on duplicate or out-of-range ids, since either would silently merge or
+    drop a class.
+    """
+    ids = np.asarray(list(class_ids), dtype=np.int64)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError("make_slot_table: class_ids must be a non-empty 1-D list of token ids.")
+    if len(np.unique(ids)) != ids.size:
+        raise ValueError("make_slot_table: class_ids contains duplicate token ids; deduplicate the word set first.")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(
+            f"make_slot_table: class id {int(ids.max() if ids.max() >= vocab_size else ids.min())} is outside "
+            f"the vocabulary [0, {vocab_size}); resolve the word set with the model's own tokenizer."
+        )
+    table = np.full((vocab_size,), ids.size, dtype=np.int32)
+    table[ids] = np.arange(ids.size, dtype=np.int32)
+    return jnp.asarray(table)
+
+
+def penalty_targets(
+    input_ids: jnp.ndarray, attention_mask: jnp.ndarray, *, label_shift: int
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Class label and weight for every position.
+
+    input_ids, attention_mask: [batch, length]. label_shift=0: labels[t] = input_ids[t],
+    weights[t] = attention_mask[t]. label_shift=1 (the released code's next-token pairing):
+    labels[t] = input_ids[t + 1], weights[t] = attention_mask[t + 1], and the last position
+    has weight 0. Returns (labels [batch, length] int32, weights [batch, length] float32).
+    Nothing here is differentiated.
+    """
+    input_ids = jnp.asarray(input_ids)
+    attention_mask = jnp.asarray(attention_mask)
+    if label_shift == 0:
+        labels, weights = input_ids, attention_mask
+    elif label_shift == 1:
+        pad_ids = jnp.zeros_like(input_ids[:, :1])
+        labels = jnp.concatenate([input_ids[:, 1:], pad_ids], axis=1)
+        weights = jnp.concatenate([attention_mask[:, 1:], jnp.zeros_like(attention_mask[:, :1])], axis=1)
+    else:
+        raise ValueError(f"penalty_targets: label_shift must be 0 or 1, got {label_shift!r}.")
+    return labels.astype(jnp.int32), weights.astype(jnp.float32)
+
+
+def init_state(num_classes: int, hidden: int) -> PenaltyState:
+    """Empty running statistics: {'sums': [K, hidden] float32 zeros, 'counts': [K] float32 zeros}."""
+    return {
+        "sums": jnp.zeros((num_classes, hidden), jnp.float32),
+        "counts": jnp.zeros((num_classes,), jnp.float32),
+    }
+
+
+def _flatten(features, labels, weights):
+    hidden = features.shape[-1]
+    return (
+        features.reshape(-1, hidden).astype(jnp.float32),
+        labels.reshape(-1),
+        weights.reshape(-1).astype(jnp.float32),
+    )
+
+
+def class_sums(
+    features: jnp.ndarray,
+    labels: jnp.ndarray,
+    weights: jnp.ndarray,
+    slot_table: jnp.ndarray,
+    num_classes: int,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-class weighted sums and counts via a one-hot einsum over the K class slots.
+
+    features: [..., hidden] (any float dtype; accumulated in float32); labels, weights: [...]
+    (token ids and 0/1 or real weights). Returns (sums [K, hidden] float32, counts [K] float32).
+    Differentiable in `features`. The one-hot is tokens x K, never tokens x vocab; the
+    discard slot K falls outside `jax.nn.one_hot`'s range and so becomes a zero row.
+    """
+    x, y, w = _flatten(features, labels, weights)
+    slots = slot_table[y]
+    onehot = jax.nn.one_hot(slots, num_classes, dtype=jnp.float32) * w[:, None]  # [N, K]
+    sums = jnp.einsum("nk,nh->kh", onehot, x, precision=_HIGHEST)
+    counts = jnp.sum(onehot, axis=0)
+    return sums, counts
+
+
+def class_sums_segment(
+    features: jnp.ndarray,
+    labels: jnp.ndarray,
+    weights: jnp.ndarray,
+    slot_table: jnp.ndarray,
+    num_classes: int,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Same contract as `class_sums`, computed with `jax.ops.segment_sum` (the test oracle)."""
+    x, y, w = _flatten(features, labels, weights)
+    slots = slot_table[y]
+    sums = jax.ops.segment_sum(x * w[:, None], slots, num_segments=num_classes + 1)[:num_classes]
+    counts = jax.ops.segment_sum(w, slots, num_segments=num_classes + 1)[:num_classes]
+    return sums, counts
+
+
+def _safe_norm(x: jnp.ndarray) -> jnp.ndarray:
+    # A plain sqrt has an infinite derivative at 0; absent classes can give exact zeros.
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def _normalize(x: jnp.ndarray) -> jnp.ndarray:
+    return x / (_safe_norm(x) + EPS)
+
+
+def nc3_from_stats(
+    sums: jnp.ndarray, counts: jnp.ndarray, class_weights: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """R = unbiased std over present classes of cos(W[c], mu_c - mu_G).
+
+    sums: [K, hidden], counts: [K] (a class is present when its count is > 0), class_weights:
+    W[G] [K, hidden]. Returns (R scalar float32, valid bool scalar, num_present float32).
+    Differentiable in sums and class_weights; R is 0 with a zero gradient when fewer than
+    2 classes are present or all s_c are equal.
+    """
+    sums = sums.astype(jnp.float32)
+    counts = counts.astype(jnp.float32)
+    present = counts > 0
+    pf = present.astype(jnp.float32)
+    n = jnp.sum(pf)
+    mu = sums / jnp.where(present, counts, 1.0)[:, None]
+    mu = mu * pf[:, None]
+    mu_g = jnp.sum(mu, axis=0) / jnp.maximum(n, 1.0)
+    m = (mu - mu_g) * pf[:, None]
+    s = jnp.sum(_normalize(class_weights.astype(jnp.float32)) * _normalize(m), axis=-1)  # [K]
+    mean_s = jnp.sum(s * pf) / jnp.maximum(n, 1.0)
+    var = jnp.sum(pf * (s - mean_s) ** 2) / jnp.maximum(n - 1.0, 1.0)
+    valid = n >= 2
+    ok = valid & (var > 0)
+    r = jnp.where(ok, jnp.sqrt(jnp.where(ok, var, 1.0)), 0.0)
+    return r, valid, n
+
+
+def nc3_penalty(
+    state: PenaltyState,
+    features: jnp.ndarray,
+    labels: jnp.ndarray,
+    weights: jnp.ndarray,
+    class_weights: jnp.ndarray,
+    slot_table: jnp.ndarray,
+    *,
+    mode: str,
+    ema: float = 0.0,
+    stop_gradient_mu: bool = False,
+) -> tuple[jnp.ndarray, PenaltyState, dict]:
+    """One step of the NC3 penalty.
+
+    state: {'sums': [K, hidden], 'counts': [K]} (from `init_state` or the previous step);
+    features: [batch, length, hidden] (any float dtype, accumulated in float32);
+    labels, weights: [batch, length] (from `penalty_targets`, weights may also zero out
+    positions the config does not select); class_weights: W[G] [K, hidden] (gathered from the
+    decoder weight, so the gradient reaches W's rows); slot_table: [vocab] from
+    `make_slot_table`.
+
+    mode='reference': state += sums of stop_gradient(features); R from the accumulated state;
+    only class_weights are differentiated (`stop_gradient_mu` is ignored: always stopped).
+    mode='batch': stats = ema * state + (1 - ema) * batch stats; R from stats; features are
+    differentiated through the batch part unless stop_gradient_mu. The new state is always
+    stop_gradient'ed.
+
+    Returns (R scalar float32, new_state, metrics {'nc3', 'nc3_valid', 'nc3_classes'}).
+    """
+    if mode not in MODES:
+        raise ValueError(f"nc3_penalty: mode must be one of {MODES}, got {mode!r}; set penalty.mode in the config.")
+    if not 0.0 <= float(ema) < 1.0:
+        raise ValueError(f"nc3_penalty: ema must be in [0, 1), got {ema!r}; set penalty.ema in the config.")
+    num_classes = class_weights.shape[0]
+    if state["sums"].shape != (num_classes, features.shape[-1]):
+        raise ValueError(
+            f"nc3_penalty: state sums have shape {state['sums'].shape} but class_weights/features imply "
+            f"{(num_classes, features.shape[-1])}; re-initialise the penalty state for this word set and model."
+        )
+    if mode == "reference" or stop_gradient_mu:
+        features = jax.lax.stop_gradient(features)
+    sums, counts = class_sums(features, labels, weights, slot_table, num_classes)
+    if mode == "reference":
+        sums = state["sums"] + sums
+        counts = state["counts"] + counts
+    elif ema > 0.0:
+        sums = ema * state["sums"] + (1.0 - ema) * sums
+        counts = ema * state["counts"] + (1.0 - ema) * counts
+    r, valid, n = nc3_from_stats(sums, counts, class_weights)
+    new_state = {"sums": jax.lax.stop_gradient(sums), "counts": jax.lax.stop_gradient(counts)}
+    metrics = {"nc3": jax.lax.stop_gradient(r), "nc3_valid": valid, "nc3_classes": n}
+    return r, new_state, metrics
