@@ -112,12 +112,19 @@ def init_state(num_classes: int, hidden: int) -> PenaltyState:
     }
 
 
+def _acc_dtype(*arrays) -> jnp.dtype:
+    # At least float32 (bf16 inputs accumulate in float32); float64 stays float64 so that
+    # gradient checks can run under jax.enable_x64.
+    return jnp.result_type(jnp.float32, *[a.dtype for a in arrays])
+
+
 def _flatten(features, labels, weights):
     hidden = features.shape[-1]
+    dtype = _acc_dtype(features)
     return (
-        features.reshape(-1, hidden).astype(jnp.float32),
+        features.reshape(-1, hidden).astype(dtype),
         labels.reshape(-1),
-        weights.reshape(-1).astype(jnp.float32),
+        weights.reshape(-1).astype(dtype),
     )
 
 
@@ -130,14 +137,14 @@ def class_sums(
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Per-class weighted sums and counts via a one-hot einsum over the K class slots.
 
-    features: [..., hidden] (any float dtype; accumulated in float32); labels, weights: [...]
+    features: [..., hidden] (any float dtype; accumulated in at least float32); labels, weights: [...]
     (token ids and 0/1 or real weights). Returns (sums [K, hidden] float32, counts [K] float32).
     Differentiable in `features`. The one-hot is tokens x K, never tokens x vocab; the
     discard slot K falls outside `jax.nn.one_hot`'s range and so becomes a zero row.
     """
     x, y, w = _flatten(features, labels, weights)
     slots = slot_table[y]
-    onehot = jax.nn.one_hot(slots, num_classes, dtype=jnp.float32) * w[:, None]  # [N, K]
+    onehot = jax.nn.one_hot(slots, num_classes, dtype=x.dtype) * w[:, None]  # [N, K]
     sums = jnp.einsum("nk,nh->kh", onehot, x, precision=_HIGHEST)
     counts = jnp.sum(onehot, axis=0)
     return sums, counts
@@ -179,16 +186,17 @@ def nc3_from_stats(
     Differentiable in sums and class_weights; R is 0 with a zero gradient when fewer than
     2 classes are present or all s_c are equal.
     """
-    sums = sums.astype(jnp.float32)
-    counts = counts.astype(jnp.float32)
+    dtype = _acc_dtype(sums, class_weights)
+    sums = sums.astype(dtype)
+    counts = counts.astype(dtype)
     present = counts > 0
-    pf = present.astype(jnp.float32)
+    pf = present.astype(dtype)
     n = jnp.sum(pf)
     mu = sums / jnp.where(present, counts, 1.0)[:, None]
     mu = mu * pf[:, None]
     mu_g = jnp.sum(mu, axis=0) / jnp.maximum(n, 1.0)
     m = (mu - mu_g) * pf[:, None]
-    s = jnp.sum(_normalize(class_weights.astype(jnp.float32)) * _normalize(m), axis=-1)  # [K]
+    s = jnp.sum(_normalize(class_weights.astype(dtype)) * _normalize(m), axis=-1)  # [K]
     mean_s = jnp.sum(s * pf) / jnp.maximum(n, 1.0)
     var = jnp.sum(pf * (s - mean_s) ** 2) / jnp.maximum(n - 1.0, 1.0)
     valid = n >= 2
