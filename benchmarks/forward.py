@@ -1,0 +1,120 @@
+"""Forward and forward+backward throughput: ncjax BertForMaskedLM vs transformers (PyTorch).
+
+Both run the same random bert-base-shaped weights (ncjax's are copied into the PyTorch model)
+on the same batch in one process, in float32, and report tokens/s and the ncjax / PyTorch ratio.
+Forward+backward is the gradient of the mean-squared MLM logits with respect to all parameters,
+with logits at every position in both (the same work). A third ncjax row computes logits only at
+15 % of positions (what ncjax's train step does; DESIGN.md "MLM logits only where they are scored").
+
+    python benchmarks/forward.py                 # bert-base shape, batch 8 x 128
+    python benchmarks/forward.py --layers 2      # quicker smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from ncjax.convert import params_to_hf  # noqa: E402
+from ncjax.model import BertConfig, BertForMaskedLM  # noqa: E402
+
+
+def timeit(fn, repeats: int) -> float:
+    fn()  # compile / warm up
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+
+    import torch
+    import transformers
+
+    cfg = BertConfig(num_hidden_layers=args.layers, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    types = np.zeros_like(ids)
+    n_pred = max(1, int(round(0.15 * args.length)))
+    positions = np.sort(rng.permutation(args.length)[:n_pred])[None].repeat(args.batch, 0).astype(np.int32)
+    tokens = args.batch * args.length
+
+    def loss(s, ids, mask, types, positions=None):
+        out = nnx.merge(graphdef, s)(ids, mask, types, positions=positions)
+        return jnp.mean(out.logits**2)
+
+    fwd = jax.jit(lambda s, i, m, t: nnx.merge(graphdef, s)(i, m, t).logits)
+    grad = jax.jit(jax.value_and_grad(loss))
+    grad_pos = jax.jit(jax.value_and_grad(loss))
+    xs = [jnp.asarray(a) for a in (ids, mask, types)]
+
+    hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"})
+    hf_cfg.attn_implementation = "sdpa"
+    torch_model = transformers.BertForMaskedLM(hf_cfg)
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in params_to_hf(model).items()}
+    torch_model.load_state_dict(sd, strict=False)
+    torch_model.train()  # dropout probabilities are 0, so train mode equals eval numerics
+    t_in = {"input_ids": torch.from_numpy(ids.astype(np.int64)), "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+            "token_type_ids": torch.from_numpy(types.astype(np.int64))}
+
+    with torch.no_grad():
+        ref = torch_model(**t_in).logits.numpy()
+    got = np.asarray(fwd(state, *xs))
+    err = float(np.abs(got - ref).max())
+
+    def torch_fwd():
+        with torch.no_grad():
+            torch_model(**t_in).logits
+
+    def torch_fwd_bwd():
+        torch_model.zero_grad(set_to_none=True)
+        out = torch_model(**t_in).logits
+        (out**2).mean().backward()
+
+    rows = [
+        ("forward", timeit(lambda: jax.block_until_ready(fwd(state, *xs)), args.repeats), timeit(torch_fwd, args.repeats)),
+        ("forward+backward", timeit(lambda: jax.block_until_ready(grad(state, *xs)), args.repeats),
+         timeit(torch_fwd_bwd, args.repeats)),
+    ]
+    t_pos = timeit(lambda: jax.block_until_ready(grad_pos(state, *xs, jnp.asarray(positions))), args.repeats)
+
+    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} devices={jax.devices()}")
+    print(f"versions: jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}; torch threads {torch.get_num_threads()}")
+    print(f"shape: layers={args.layers} hidden={cfg.hidden_size} vocab={cfg.vocab_size} batch={args.batch}x{args.length}"
+          f" float32; max |logit diff| = {err:.2e}")
+    print(f"| pass | ncjax tokens/s | PyTorch tokens/s | ratio |")
+    print(f"|---|---|---|---|")
+    for name, tj, tt in rows:
+        print(f"| {name} | {tokens / tj:,.0f} | {tokens / tt:,.0f} | {tt / tj:.2f}x |")
+    tt_fb = rows[1][2]
+    print(f"| forward+backward, ncjax logits at {n_pred} of {args.length} positions | {tokens / t_pos:,.0f} | "
+          f"{tokens / tt_fb:,.0f} (all positions) | {tt_fb / t_pos:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
