@@ -107,8 +107,8 @@ def main() -> None:
           f"transformers {transformers.__version__}; torch threads {torch.get_num_threads()}")
     print(f"shape: layers={args.layers} hidden={cfg.hidden_size} vocab={cfg.vocab_size} batch={args.batch}x{args.length}"
           f" float32; max |logit diff| = {err:.2e}")
-    print(f"| pass | ncjax tokens/s | PyTorch tokens/s | ratio |")
-    print(f"|---|---|---|---|")
+    print("| pass | ncjax tokens/s | PyTorch tokens/s | ratio |")
+    print("|---|---|---|---|")
     for name, tj, tt in rows:
         print(f"| {name} | {tokens / tj:,.0f} | {tokens / tt:,.0f} | {tt / tj:.2f}x |")
     tt_fb = rows[1][2]
