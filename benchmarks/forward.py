@@ -47,10 +47,17 @@ def main() -> None:
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--torch-device", default="cpu", help="cpu or cuda; on a GPU both sides use TF32 matmuls")
     args = p.parse_args()
 
     import torch
     import transformers
+
+    dev = torch.device(args.torch_device)
+    if dev.type == "cuda":
+        # XLA's default float32 matmul precision on GPUs is TF32; give PyTorch the same.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     cfg = BertConfig(num_hidden_layers=args.layers, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0))
@@ -77,23 +84,26 @@ def main() -> None:
     torch_model = transformers.BertForMaskedLM(hf_cfg)
     sd = {k: torch.from_numpy(np.array(v)) for k, v in params_to_hf(model).items()}
     torch_model.load_state_dict(sd, strict=False)
-    torch_model.train()  # dropout probabilities are 0, so train mode equals eval numerics
-    t_in = {"input_ids": torch.from_numpy(ids.astype(np.int64)), "attention_mask": torch.from_numpy(mask.astype(np.int64)),
-            "token_type_ids": torch.from_numpy(types.astype(np.int64))}
+    torch_model.to(dev).train()  # dropout probabilities are 0, so train mode equals eval numerics
+    t_in = {k: torch.from_numpy(v.astype(np.int64)).to(dev)
+            for k, v in (("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types))}
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     with torch.no_grad():
-        ref = torch_model(**t_in).logits.numpy()
+        ref = torch_model(**t_in).logits.cpu().numpy()
     got = np.asarray(fwd(state, *xs))
     err = float(np.abs(got - ref).max())
 
     def torch_fwd():
         with torch.no_grad():
             torch_model(**t_in).logits
+        sync()
 
     def torch_fwd_bwd():
         torch_model.zero_grad(set_to_none=True)
         out = torch_model(**t_in).logits
         (out**2).mean().backward()
+        sync()
 
     rows = [
         ("forward", timeit(lambda: jax.block_until_ready(fwd(state, *xs)), args.repeats), timeit(torch_fwd, args.repeats)),
