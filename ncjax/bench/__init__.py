@@ -1,0 +1,27 @@
+"""Bias benchmarks for masked LMs, scored as bias-bench scores them, on a jax or torch backend.
+
+    from ncjax.bench import evaluate
+    results = evaluate("path/to/hf_dir", "stereoset,crows,seat,becpro,winobias", backend="jax")
+
+One module per benchmark (`stereoset`, `crows`, `seat`, `becpro`, `winobias`; each docstring
+states the exact scoring rules), `scorer` (the backend interface and both backends), `suite`
+(`evaluate`) and `report` (JSON and markdown output).
+"""
+
+from ncjax.bench.report import markdown, write_json
+from ncjax.bench.scorer import JaxScorer, MaskedQuery, Scorer, TorchScorer, load_scorer
+from ncjax.bench.suite import BENCHMARKS, DATA_DIR, evaluate, parse_benchmarks
+
+__all__ = [
+    "BENCHMARKS",
+    "DATA_DIR",
+    "JaxScorer",
+    "MaskedQuery",
+    "Scorer",
+    "TorchScorer",
+    "evaluate",
+    "load_scorer",
+    "markdown",
+    "parse_benchmarks",
+    "write_json",
+]

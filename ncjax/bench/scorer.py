@@ -1,0 +1,426 @@
+"""The small interface every bias benchmark scores through, with a `jax` and a `torch` backend.
+
+Benchmarks never call a model directly. They build `MaskedQuery` rows (a token sequence, the
+one position whose prediction is read, and the vocabulary ids whose log-probabilities are
+wanted) and token sequences for sentence embeddings, and hand them to a `Scorer`:
+
+    scorer.masked_log_probs(queries)      -> one float64 array [len(query.targets)] per query
+    scorer.sentence_embeddings(sequences) -> float32 [n_sequences, hidden]
+
+The base class does what makes scoring fast and is shared by both backends: identical inputs
+are run once (StereoSet's first-piece inputs are the same for all three candidates, WinoBias's
+pro and anti sentences are the same once the pronoun is masked, BEC-Pro repeats each masked
+sentence for every person word with the same determiner), rows are sorted by length and cut
+into batches, and each batch is padded to a multiple of `length_multiple` with attention mask 0
+(so padding never changes a score beyond float rounding). Backends only implement two batch
+functions over padded int arrays. Every token a query gives is attended; padding added here
+never is.
+
+Backends:
+- `JaxScorer`: an ncjax `BertForMaskedLM`; jitted functions of (state, inputs) with fixed batch
+  rows, lengths rounded to `length_multiple` and the target axis rounded to 4, so a whole
+  evaluation compiles a handful of times; MLM logits are computed only at the read positions.
+- `TorchScorer`: any Hugging Face masked-LM directory through transformers, batched under
+  `torch.inference_mode`; the MLM head is applied only at the read positions when the model
+  exposes it (`cls` for BERT, `lm_head` for RoBERTa-style models), else full logits are gathered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("jax", "torch")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedQuery:
+    """One masked-LM read: log p(target | token_ids) at `position`, for each target.
+
+    token_ids: the full input, special tokens included; every token is attended.
+    position: index into token_ids whose output distribution is read.
+    targets: vocabulary ids whose log-probabilities are returned, in this order.
+    """
+
+    token_ids: tuple[int, ...]
+    position: int
+    targets: tuple[int, ...]
+
+
+class Progress(Protocol):
+    """What the scorer needs from a progress bar (tqdm satisfies it)."""
+
+    total: int | float | None
+
+    def update(self, n: int = 1) -> Any: ...
+
+    def refresh(self) -> Any: ...
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+class Scorer:
+    """Backend-agnostic batching; subclasses implement `_log_probs_batch` and `_mean_hidden_batch`.
+
+    Args:
+      tokenizer: a transformers tokenizer (fast BERT tokenizer for ncjax models).
+      vocab_size: rows of the model's decoder; must equal len(tokenizer).
+      max_length: the model's max_position_embeddings; longer inputs are an error.
+      batch_size: rows per forward pass.
+      length_multiple: padded lengths are rounded up to this multiple.
+      fixed_batch: pad every batch to exactly batch_size rows (fixed shapes for jit).
+      source: shown in error messages (the model directory).
+    """
+
+    backend = "base"
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        vocab_size: int,
+        max_length: int,
+        batch_size: int = 64,
+        length_multiple: int = 16,
+        fixed_batch: bool = False,
+        source: str = "model",
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if len(tokenizer) != vocab_size:
+            raise ValueError(
+                f"The tokenizer of {source} has {len(tokenizer)} tokens but the model's vocab_size is "
+                f"{vocab_size}; load the tokenizer that was saved with this model."
+            )
+        if tokenizer.mask_token_id is None:
+            raise ValueError(f"The tokenizer of {source} has no mask token; a masked LM tokenizer is needed.")
+        self.tokenizer = tokenizer
+        self.vocab_size = int(vocab_size)
+        self.max_length = int(max_length)
+        self.batch_size = int(batch_size)
+        self.length_multiple = int(length_multiple)
+        self.fixed_batch = fixed_batch
+        self.source = source
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # -- backend hooks ---------------------------------------------------------------------------
+    def _log_probs_batch(
+        self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, targets: np.ndarray
+    ) -> np.ndarray:
+        """ids, mask [B, L] int32; positions [B] int32; targets [B, T] int32 -> log-probs [B, T] float32."""
+        raise NotImplementedError
+
+    def _mean_hidden_batch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """ids, mask [B, L] int32 -> mean of the last encoder layer over attended tokens [B, H] float32."""
+        raise NotImplementedError
+
+    # -- batching --------------------------------------------------------------------------------
+    def _check_length(self, seq: Sequence[int]) -> None:
+        if len(seq) > self.max_length:
+            raise ValueError(
+                f"An input of {len(seq)} tokens is longer than the model's max_position_embeddings "
+                f"{self.max_length} ({self.source}); shorten the benchmark sentence."
+            )
+        if len(seq) == 0:
+            raise ValueError("An empty token sequence was given to the scorer; every input needs tokens.")
+
+    def _batches(self, lengths: Sequence[int]) -> Iterable[tuple[np.ndarray, int]]:
+        """Yields (row indices, padded length) with rows sorted by length (stable)."""
+        order = np.argsort(np.asarray(lengths), kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            longest = max(lengths[i] for i in rows)
+            yield rows, min(_round_up(longest, self.length_multiple), max(self.max_length, longest))
+
+    def _pack(self, seqs: Sequence[Sequence[int]], rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        n = self.batch_size if self.fixed_batch else len(rows)
+        ids = np.full((n, length), self.pad_id, dtype=np.int32)
+        mask = np.zeros((n, length), dtype=np.int32)
+        mask[:, 0] = 1  # filler rows attend to one token so no row is fully masked
+        for r, i in enumerate(rows):
+            s = seqs[i]
+            ids[r, : len(s)] = s
+            mask[r, : len(s)] = 1
+        return ids, mask
+
+    @staticmethod
+    def _start_progress(progress: Progress | None, n: int) -> None:
+        if progress is not None:
+            progress.total = (progress.total or 0) + n
+            progress.refresh()
+
+    def masked_log_probs(
+        self, queries: Sequence[MaskedQuery], progress: Progress | None = None
+    ) -> list[np.ndarray]:
+        """Log-softmax values at each query's position for its targets.
+
+        Returns one float64 array [len(q.targets)] per query (values computed in float32).
+        Identical (token_ids, position) pairs share one model row.
+        """
+        row_of: dict[tuple[tuple[int, ...], int], int] = {}
+        row_seqs: list[tuple[int, ...]] = []
+        row_pos: list[int] = []
+        row_targets: list[dict[int, int]] = []
+        slots: list[list[int]] = []
+        for q in queries:
+            if not 0 <= q.position < len(q.token_ids):
+                raise ValueError(f"Query position {q.position} is outside its {len(q.token_ids)} tokens.")
+            for t in q.targets:
+                if not 0 <= t < self.vocab_size:
+                    raise ValueError(f"Target id {t} is outside the vocabulary of size {self.vocab_size}.")
+            key = (tuple(q.token_ids), int(q.position))
+            r = row_of.get(key)
+            if r is None:
+                self._check_length(q.token_ids)
+                r = row_of[key] = len(row_seqs)
+                row_seqs.append(key[0])
+                row_pos.append(key[1])
+                row_targets.append({})
+            tmap = row_targets[r]
+            slots.append([tmap.setdefault(int(t), len(tmap)) for t in q.targets])
+        n_targets = _round_up(max((len(t) for t in row_targets), default=1), 4)
+        values = [np.zeros(len(t), dtype=np.float32) for t in row_targets]
+        self._start_progress(progress, len(row_seqs))
+        for rows, length in self._batches([len(s) for s in row_seqs]):
+            ids, mask = self._pack(row_seqs, rows, length)
+            pos = np.zeros(ids.shape[0], dtype=np.int32)
+            tgt = np.zeros((ids.shape[0], n_targets), dtype=np.int32)
+            for r, i in enumerate(rows):
+                pos[r] = row_pos[i]
+                tids = list(row_targets[i])
+                tgt[r, : len(tids)] = tids
+            out = np.asarray(self._log_probs_batch(ids, mask, pos, tgt))
+            for r, i in enumerate(rows):
+                values[i] = out[r, : len(row_targets[i])]
+            if progress is not None:
+                progress.update(len(rows))
+        result = []
+        for q, s in zip(queries, slots):
+            r = row_of[(tuple(q.token_ids), int(q.position))]
+            result.append(values[r][s].astype(np.float64))
+        return result
+
+    def sentence_embeddings(
+        self, sequences: Sequence[Sequence[int]], progress: Progress | None = None
+    ) -> np.ndarray:
+        """Mean of the last encoder layer over all tokens of each sequence (special tokens included).
+
+        sequences: token ids with special tokens. Returns float32 [n, hidden]; identical
+        sequences share one model row.
+        """
+        row_of: dict[tuple[int, ...], int] = {}
+        uniq: list[tuple[int, ...]] = []
+        for s in sequences:
+            key = tuple(int(t) for t in s)
+            if key not in row_of:
+                self._check_length(key)
+                row_of[key] = len(uniq)
+                uniq.append(key)
+        self._start_progress(progress, len(uniq))
+        out: np.ndarray | None = None
+        for rows, length in self._batches([len(s) for s in uniq]):
+            ids, mask = self._pack(uniq, rows, length)
+            h = np.asarray(self._mean_hidden_batch(ids, mask), dtype=np.float32)
+            if out is None:
+                out = np.zeros((len(uniq), h.shape[1]), dtype=np.float32)
+            out[rows] = h[: len(rows)]
+            if progress is not None:
+                progress.update(len(rows))
+        if out is None:
+            return np.zeros((0, 0), dtype=np.float32)
+        return out[[row_of[tuple(int(t) for t in s)] for s in sequences]]
+
+
+class JaxScorer(Scorer):
+    """Scores with an ncjax `BertForMaskedLM` through two jitted pure functions of its state."""
+
+    backend = "jax"
+
+    def __init__(
+        self,
+        model: Any,
+        config: Any,
+        tokenizer: Any,
+        batch_size: int = 64,
+        length_multiple: int = 16,
+        source: str = "model",
+    ):
+        super().__init__(
+            tokenizer,
+            vocab_size=config.vocab_size,
+            max_length=config.max_position_embeddings,
+            batch_size=batch_size,
+            length_multiple=length_multiple,
+            fixed_batch=True,
+            source=source,
+        )
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        graphdef, state = nnx.split(model)
+        self._state = state
+
+        def log_probs(state, ids, mask, positions, targets):
+            m = nnx.merge(graphdef, state)
+            out = m(ids, mask, None, positions=positions[:, None])
+            logp = jax.nn.log_softmax(out.logits[:, 0, :].astype(jnp.float32), axis=-1)  # [B, V]
+            return jnp.take_along_axis(logp, targets, axis=1)  # [B, T]
+
+        def mean_hidden(state, ids, mask):
+            m = nnx.merge(graphdef, state)
+            h = m(ids, mask, None, with_logits=False).last_hidden.astype(jnp.float32)  # [B, L, H]
+            w = mask[..., None].astype(jnp.float32)
+            return (h * w).sum(axis=1) / w.sum(axis=1)  # [B, H]
+
+        self._log_probs_fn = jax.jit(log_probs)
+        self._mean_hidden_fn = jax.jit(mean_hidden)
+
+    def _log_probs_batch(self, ids, mask, positions, targets):
+        return np.asarray(self._log_probs_fn(self._state, ids, mask, positions, targets))
+
+    def _mean_hidden_batch(self, ids, mask):
+        return np.asarray(self._mean_hidden_fn(self._state, ids, mask))
+
+
+class TorchScorer(Scorer):
+    """Scores with a transformers masked LM (PyTorch), batched, under `torch.inference_mode`."""
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 64,
+        length_multiple: int = 1,
+        source: str = "model",
+    ):
+        cfg = model.config
+        super().__init__(
+            tokenizer,
+            vocab_size=cfg.vocab_size,
+            max_length=getattr(cfg, "max_position_embeddings", 512),
+            batch_size=batch_size,
+            length_multiple=length_multiple,
+            fixed_batch=False,
+            source=source,
+        )
+        import torch
+
+        self._torch = torch
+        self._model = model.eval()
+        self._head: Callable | None = getattr(model, "cls", None) or getattr(model, "lm_head", None)
+
+    def _inputs(self, ids, mask):
+        torch = self._torch
+        t_ids = torch.from_numpy(ids.astype(np.int64))
+        return dict(
+            input_ids=t_ids,
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            token_type_ids=torch.zeros_like(t_ids),
+        )
+
+    def _log_probs_batch(self, ids, mask, positions, targets):
+        torch = self._torch
+        rows = torch.arange(ids.shape[0])
+        pos = torch.from_numpy(positions.astype(np.int64))
+        with torch.inference_mode():
+            if self._head is not None:
+                hidden = self._model.base_model(**self._inputs(ids, mask)).last_hidden_state
+                logits = self._head(hidden[rows, pos])  # [B, V]
+            else:
+                logits = self._model(**self._inputs(ids, mask)).logits[rows, pos]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            out = torch.gather(logp, 1, torch.from_numpy(targets.astype(np.int64)))
+        return out.numpy()
+
+    def _mean_hidden_batch(self, ids, mask):
+        torch = self._torch
+        with torch.inference_mode():
+            h = self._model.base_model(**self._inputs(ids, mask)).last_hidden_state.float()
+            w = torch.from_numpy(mask.astype(np.float32))[..., None]
+            return ((h * w).sum(dim=1) / w.sum(dim=1)).numpy()
+
+
+def load_scorer(
+    model: str | Path,
+    backend: str = "jax",
+    batch_size: int = 64,
+    length_multiple: int | None = None,
+    init_missing_head: bool = False,
+    seed: int = 0,
+) -> Scorer:
+    """Loads a model as a Scorer of the given backend.
+
+    model: a Hugging Face BERT masked-LM directory, an ncjax checkpoint directory, `minilm`, or a
+      hub id (resolved as `ncjax.convert.load_model` resolves it).
+    init_missing_head: initialise a missing MLM head from `seed` (e.g. a sentence encoder). The
+      torch backend reads such models, and ncjax checkpoints, through ncjax and a temporary
+      Hugging Face export, so both backends score the very same weights.
+    length_multiple: padded lengths are rounded up to this (default 16 for jax, 8 for torch).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    from ncjax.convert import load_model
+    from ncjax.weights import NCJAX_MARKER, resolve_source
+
+    if backend == "jax":
+        m, config = load_model(model, init_missing_head=init_missing_head, seed=seed)
+        return JaxScorer(
+            m, config, load_tokenizer(model), batch_size=batch_size,
+            length_multiple=length_multiple or 16, source=str(model),
+        )
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "The torch backend needs PyTorch: pip install torch==2.13.0 && pip install -e '.[torch]'."
+        ) from e
+    path = resolve_source(model)
+    if init_missing_head or (path.is_dir() and (path / NCJAX_MARKER).is_file()):
+        from ncjax.convert import save_hf
+
+        m, config = load_model(path, init_missing_head=init_missing_head, seed=seed)
+        with tempfile.TemporaryDirectory(prefix="ncjax-bench-") as tmp:
+            save_hf(m, config, Path(tmp) / "hf", tokenizer_src=path)
+            return _load_torch(Path(tmp) / "hf", batch_size, length_multiple or 8, source=str(model))
+    return _load_torch(path, batch_size, length_multiple or 8, source=str(model))
+
+
+def load_tokenizer(model: str | Path) -> Any:
+    """The model directory's tokenizer through `AutoTokenizer` (tokenizer.json, tokenizer_config.json
+    or a bare vocab.txt), i.e. exactly what transformers-based reference code tokenises with."""
+    from transformers import AutoTokenizer
+
+    from ncjax.weights import resolve_source
+
+    path = resolve_source(model)
+    directory = path.parent if path.is_file() else path
+    if not any((directory / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+        raise FileNotFoundError(f"{directory} has no tokenizer files (vocab.txt or tokenizer.json); copy them there.")
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _load_torch(path: Path, batch_size: int, length_multiple: int, source: str) -> TorchScorer:
+    from transformers import AutoModelForMaskedLM
+
+    model, info = AutoModelForMaskedLM.from_pretrained(str(path), output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    if missing:
+        raise ValueError(
+            f"{source} lacks weights for {', '.join(sorted(missing)[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}; pass a masked-LM checkpoint, or init_missing_head=True "
+            "(--init-missing-head) to initialise a missing MLM head."
+        )
+    tokenizer = load_tokenizer(path)
+    return TorchScorer(model.float(), tokenizer, batch_size=batch_size, length_multiple=length_multiple, source=source)
