@@ -1,0 +1,461 @@
+"""Training data: corpora, sentence splitting, counterfactual augmentation, tokenisation,
+a deterministic index-based sampler, and dynamic MLM masking on device.
+
+Host side (numpy): `load_corpus` reads local tsv/csv/jsonl/text files or a hub dataset through
+Hugging Face `datasets`, optionally splits paragraphs into sentences (`split_sentences`) and adds
+two-sided counterfactual copies (`counterfactual`), and tokenises everything once into fixed-length
+arrays (`tokenize`, cached on disk under a key of the inputs). `Sampler` turns a position (one
+integer, saved in the checkpoint) into the example indices of this process's share of a global
+batch: a permutation per epoch from (seed, epoch), split evenly over processes, the remainder
+dropped or padded with empty rows.
+
+Device side (jax): `mask_tokens` draws the MLM masks inside the jitted step from
+`fold_in(seed, step)`, so a resumed run needs only the step to reproduce them, and the masks do not
+depend on how the batch is sharded (JAX's partitionable threefry draws the same bits for a global
+shape on any device layout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Bump when the meaning of a cached token file changes.
+_CACHE_VERSION = 1
+
+FORMATS = ("tsv", "csv", "jsonl", "text", "hub")
+
+# ----------------------------------------------------------------------------- bundled files
+
+
+def resource_path(*parts: str) -> Path:
+    """Path of a file bundled under `ncjax/resources/`."""
+    return Path(str(resources.files("ncjax").joinpath("resources", *parts)))
+
+
+BUNDLED = {
+    # The GAP corpus with gendered words and names swapped (Bartl et al., 2020): what the paper's
+    # BEC experiments fine-tune on.
+    "gap_flipped": ("corpora/gap_flipped.tsv", "tsv", "Text"),
+}
+
+
+def resolve_corpus(path: str) -> tuple[Path, str | None, str | None]:
+    """`bundled:NAME` -> (bundled file, its format, its text field); anything else -> (Path, None, None)."""
+    if path.startswith("bundled:"):
+        name = path[len("bundled:"):]
+        if name not in BUNDLED:
+            raise ValueError(f"data.path {path!r} names no bundled corpus; use one of "
+                             f"{', '.join('bundled:' + k for k in BUNDLED)} or a file path.")
+        rel, fmt, field = BUNDLED[name]
+        return resource_path(*rel.split("/")), fmt, field
+    return Path(path).expanduser(), None, None
+
+
+# ----------------------------------------------------------------------------- sentences
+
+# Abbreviations after which a period does not end a sentence (lower case, without the period).
+_ABBREVIATIONS = frozenset(
+    """mr mrs ms dr prof st jr sr rev gen col lt sgt capt cmdr adm gov sen rep hon pres
+    fr sr messrs mme mlle no nos vol vols pp p ed eds fig figs ch sec art inc ltd co corp bros
+    dept univ assn est approx vs etc al e.g i.e cf viz ca c jan feb mar apr jun jul aug sep sept
+    oct nov dec mt ft u.s u.k u.n a.m p.m d.c""".split()
+)
+# A candidate boundary: terminal punctuation, optional closing quotes/brackets, whitespace, then
+# something that can start a sentence.
+_BOUNDARY = re.compile(r"""([.!?]+)(["'\u201d\u2019)\]]*)(\s+)(?=["'\u201c\u2018(\[]*[A-Z0-9])""")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Splits a paragraph into sentences.
+
+    A rule-based stand-in for NLTK's Punkt `sent_tokenize` (which the paper's BEC code used):
+    a sentence ends at `.`, `!` or `?` (plus closing quotes or brackets) followed by whitespace
+    and an upper-case letter, digit or opening quote, except after a known abbreviation
+    (`Mr.`, `Dr.`, `St.`, `U.S.`, ...) or a single-letter initial (`J. K. Rowling`).
+    Whitespace is normalised; empty pieces are dropped.
+    """
+    text = " ".join(text.split())
+    out, start = [], 0
+    for m in _BOUNDARY.finditer(text):
+        if m.group(1) == ".":
+            words = text[start:m.start()].split()
+            last = words[-1].lower().strip("\"'(\u201c\u2018[") if words else ""
+            if last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha()) or re.fullmatch(r"(?:[a-z]\.)+[a-z]", last):
+                continue
+        end = m.end(2)
+        out.append(text[start:end].strip())
+        start = m.end(3)
+    out.append(text[start:].strip())
+    return [s for s in out if s]
+
+
+# ----------------------------------------------------------------------------- counterfactuals
+
+
+def attribute_pairs(attribute: str = "gender", path: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """Word pairs for counterfactual augmentation from `bias_attribute_words.json` (bias-bench's list).
+
+    Returns [(male, female), ...] for `gender` (other attributes hold tuples; only the first two
+    entries of each are paired)."""
+    file = Path(path) if path else resource_path("bias_attribute_words.json")
+    with open(file, encoding="utf-8") as f:
+        table = json.load(f)
+    if attribute not in table:
+        raise ValueError(f"{file} has no attribute {attribute!r}; use one of {', '.join(sorted(table))}.")
+    return [(row[0], row[1]) for row in table[attribute]]
+
+
+def _swap_table(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    # Two-sided: each word maps to its counterpart. A word listed with several counterparts
+    # (e.g. "her" -> "him"/"his") keeps the first, as a dict built in list order would.
+    table: dict[str, str] = {}
+    for a, b in pairs:
+        table.setdefault(a.lower(), b.lower())
+        table.setdefault(b.lower(), a.lower())
+    return table
+
+
+def _match_case(word: str, template: str) -> str:
+    if template.isupper() and len(template) > 1:
+        return word.upper()
+    if template[:1].isupper():
+        return word[:1].upper() + word[1:]
+    return word
+
+
+def counterfactual(text: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """`text` with every attribute word replaced by its counterpart (all swaps simultaneous),
+    matching whole words case-insensitively and keeping the original capitalisation."""
+    table = _swap_table(pairs)
+    words = sorted(table, key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w'])(" + "|".join(re.escape(w) for w in words) + r")(?![\w'])", re.IGNORECASE)
+    return pattern.sub(lambda m: _match_case(table[m.group(0).lower()], m.group(0)), text)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_rows(path: str, fmt: str, field: str, split: str, cache_dir: Path):
+    import datasets
+
+    datasets.disable_progress_bars()
+    if fmt == "hub":
+        try:
+            ds = datasets.load_dataset(path, split=split, cache_dir=str(cache_dir / "datasets"))
+        except Exception as e:
+            raise FileNotFoundError(
+                f"data.path {path!r} is not a readable hub dataset ({type(e).__name__}: {e}); "
+                "check the name and network, or point data.path at a local file."
+            ) from e
+    else:
+        builder, kwargs = {
+            "tsv": ("csv", {"delimiter": "\t"}),
+            "csv": ("csv", {}),
+            "jsonl": ("json", {}),
+            "text": ("text", {}),
+        }[fmt]
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train",
+                                   cache_dir=str(cache_dir / "datasets"), **kwargs)
+    if fmt == "text":
+        field = "text"
+    if field not in ds.column_names:
+        raise ValueError(f"{path} has no column {field!r} (columns: {', '.join(ds.column_names)}); "
+                         "set data.text_field to one of them.")
+    return [t for t in ds[field] if isinstance(t, str)]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    else:
+        # Calling the tokenizer stores its last truncation/padding settings in this JSON: drop them.
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        text = json.dumps(spec, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+    """What to read and how: the `data` block of a training config, as plain values."""
+
+    path: str
+    format: str = ""  # "" = from the file suffix
+    text_field: str = "Text"
+    split: str = "train"
+    sentence_split: bool = True
+    cda: str = "none"  # "none" or "two_sided"
+    cda_attribute: str = "gender"
+    max_length: int = 128  # 0: smallest power of two >= the longest text in words (the BEC rule)
+    min_words: int = 1
+
+
+def spec_from_config(data_config: Any) -> CorpusSpec:
+    """CorpusSpec from a config's `data` block (ConfigDict or dict)."""
+    names = {f.name for f in dataclasses.fields(CorpusSpec)}
+    return CorpusSpec(**{k: data_config[k] for k in names if k in data_config})
+
+
+def check_corpus(spec: CorpusSpec) -> tuple[str, str, str]:
+    """Validates the spec without reading data; returns (path, format, text field).
+
+    Raises FileNotFoundError / ValueError with one sentence naming the key and value."""
+    path, fmt, field = resolve_corpus(spec.path)
+    fmt = spec.format or fmt
+    field = field if (field and not spec.format) else spec.text_field
+    if not fmt:
+        suffix = path.suffix.lower().lstrip(".")
+        fmt = {"tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "txt": "text", "text": "text",
+               "tokens": "text", "raw": "text"}.get(suffix, "")
+        if not fmt:
+            if not path.exists() and "/" in spec.path and not spec.path.startswith((".", "/", "~")):
+                fmt = "hub"
+            else:
+                raise ValueError(f"data.path {spec.path} has suffix {path.suffix!r}, which names no format; "
+                                 f"set data.format to one of {', '.join(FORMATS)}.")
+    if fmt not in FORMATS:
+        raise ValueError(f"data.format {fmt!r} is not one of {', '.join(FORMATS)}.")
+    if fmt != "hub" and not path.is_file():
+        raise FileNotFoundError(f"data.path {spec.path} does not exist; point data.path at a tsv, csv, jsonl "
+                                "or text file (or bundled:gap_flipped).")
+    if spec.cda not in ("none", "two_sided"):
+        raise ValueError(f"data.cda {spec.cda!r} is not 'none' or 'two_sided'.")
+    if spec.max_length < 0 or spec.max_length == 1 or spec.max_length == 2:
+        raise ValueError(f"data.max_length {spec.max_length} is too small; use 0 (auto) or at least 3.")
+    return (spec.path if fmt == "hub" else str(path)), fmt, field
+
+
+def read_texts(spec: CorpusSpec, cache_dir: str | os.PathLike) -> list[str]:
+    """The training texts: rows of the text field, sentence-split and augmented as the spec says."""
+    path, fmt, field = check_corpus(spec)
+    rows = _read_rows(path, fmt, field, spec.split, Path(cache_dir))
+    texts: list[str] = []
+    for row in rows:
+        texts.extend(split_sentences(row) if spec.sentence_split else [" ".join(row.split())])
+    texts = [t for t in texts if len(t.split()) >= max(spec.min_words, 1)]
+    if spec.cda == "two_sided":
+        pairs = attribute_pairs(spec.cda_attribute)
+        # Two-sided CDA keeps every original and adds its counterfactual wherever a swap changed it.
+        texts = texts + [c for t in texts if (c := counterfactual(t, pairs)) != t]
+    if not texts:
+        raise ValueError(f"data.path {spec.path} yields no text (column {field!r} is empty after "
+                         "splitting); check the file and data.text_field.")
+    return texts
+
+
+def auto_max_length(texts: Sequence[str], limit: int) -> int:
+    """The BEC rule: the smallest power of two >= the longest text in whitespace words, capped at `limit`."""
+    longest = max(len(t.split()) for t in texts)
+    return int(min(2 ** math.ceil(math.log2(max(longest, 2))), limit))
+
+
+def tokenize(texts: Sequence[str], tokenizer, max_length: int) -> dict[str, np.ndarray]:
+    """Texts -> {'input_ids', 'attention_mask'}: [num_texts, max_length] int32 each.
+
+    [CLS] text [SEP], truncated to max_length and padded with the pad id."""
+    enc = tokenizer(list(texts), max_length=max_length, truncation=True, padding="max_length",
+                    return_attention_mask=True, return_token_type_ids=False)
+    return {
+        "input_ids": np.asarray(enc["input_ids"], np.int32),
+        "attention_mask": np.asarray(enc["attention_mask"], np.int32),
+    }
+
+
+def load_corpus(spec: CorpusSpec, tokenizer, *, cache_dir: str | os.PathLike,
+                position_limit: int = 512) -> dict[str, np.ndarray]:
+    """Reads, splits, augments and tokenises a corpus, with the result cached in `cache_dir`.
+
+    Returns {'input_ids', 'attention_mask'}: [num_examples, length] int32. The cache key covers
+    the file's sha256 (or the hub name), the spec and the tokenizer, so any change re-tokenises;
+    the cache file is written atomically, so concurrent processes never read a partial one."""
+    path, fmt, field = check_corpus(spec)
+    cache_dir = Path(cache_dir)
+    key = json.dumps({
+        "v": _CACHE_VERSION,
+        "source": _file_digest(Path(path)) if fmt != "hub" else path,
+        "spec": dataclasses.asdict(spec),
+        "tokenizer": _tokenizer_digest(tokenizer),
+        "limit": position_limit,
+    }, sort_keys=True)
+    file = cache_dir / f"tokens-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if file.is_file():
+        with np.load(file) as z:
+            log.info("tokenised corpus from cache %s", file)
+            return {k: z[k] for k in ("input_ids", "attention_mask")}
+    texts = read_texts(spec, cache_dir)
+    length = spec.max_length or auto_max_length(texts, position_limit)
+    if length > position_limit:
+        raise ValueError(f"data.max_length {length} exceeds the model's max_position_embeddings "
+                         f"{position_limit}; lower data.max_length.")
+    arrays = tokenize(texts, tokenizer, length)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=file.name, suffix=".tmp.npz", dir=cache_dir)
+    os.close(fd)
+    np.savez(tmp, **arrays)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, file)
+    log.info("tokenised %d texts to length %d (cached in %s)", len(texts), length, file)
+    return arrays
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """Deterministic shuffle / shard / batch over example indices; its state is one integer.
+
+    Position p (the number of global batches already consumed) lies in epoch
+    p // steps_per_epoch. Each epoch's order is a permutation drawn from (seed, epoch); global
+    batch b of that epoch holds permutation entries [b * B, (b + 1) * B), and process i takes
+    the i-th contiguous slice of B / process_count of them, which is the layout
+    `jax.make_array_from_process_local_data` assembles along the batch axis. The last partial
+    batch is dropped (`drop_remainder`) or completed with index -1 (an empty row)."""
+
+    num_examples: int
+    global_batch_size: int
+    seed: int
+    process_index: int = 0
+    process_count: int = 1
+    drop_remainder: bool = True
+    shuffle: bool = True
+
+    def __post_init__(self):
+        if self.global_batch_size % self.process_count:
+            raise ValueError(f"train.batch_size {self.global_batch_size} is not divisible by the number of "
+                             f"processes {self.process_count}; choose a multiple of it.")
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the corpus has {self.num_examples} examples, fewer than one batch of "
+                             f"{self.global_batch_size}; lower train.batch_size or set data.remainder='pad'.")
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.global_batch_size // self.process_count
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.drop_remainder:
+            return self.num_examples // self.global_batch_size
+        return -(-self.num_examples // self.global_batch_size)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """[num_examples] int64 permutation of epoch `epoch`."""
+        if not self.shuffle:
+            return np.arange(self.num_examples)
+        return np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(self.num_examples)
+
+    def indices(self, position: int) -> np.ndarray:
+        """[local_batch_size] int64 example indices of this process for global batch `position`
+        (-1 marks padding rows)."""
+        epoch, b = divmod(int(position), self.steps_per_epoch)
+        order = self.epoch_order(epoch)
+        batch = order[b * self.global_batch_size:(b + 1) * self.global_batch_size]
+        if batch.size < self.global_batch_size:
+            batch = np.concatenate([batch, np.full(self.global_batch_size - batch.size, -1, np.int64)])
+        lo = self.process_index * self.local_batch_size
+        return batch[lo:lo + self.local_batch_size]
+
+
+def gather_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Rows `idx` of every array ([len(idx), length]); index -1 gives a padding row
+    (pad ids, attention 0), which contributes nothing to any loss."""
+    out = {}
+    safe = np.where(idx < 0, 0, idx)
+    for k, a in arrays.items():
+        rows = a[safe]
+        fill = pad_id if k == "input_ids" else 0
+        rows[idx < 0] = fill
+        out[k] = rows
+    return out
+
+
+# ----------------------------------------------------------------------------- MLM masking
+
+
+def default_max_predictions(length: int, probability: float) -> int:
+    """A static per-sequence cap that Bernoulli(probability) masking exceeds with negligible
+    probability: mean + 4 standard deviations of Binomial(length, probability), at least 1."""
+    mean = length * probability
+    return int(min(length, max(1, math.ceil(mean + 4.0 * math.sqrt(mean * (1.0 - probability))))))
+
+
+def mask_tokens(
+    key: jax.Array,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    *,
+    special_ids: Sequence[int],
+    mask_id: int,
+    vocab_size: int,
+    probability: float = 0.15,
+    max_predictions: int = 20,
+) -> dict[str, jax.Array]:
+    """Dynamic BERT masking of a [batch, length] batch.
+
+    Each real, non-special token is selected with `probability`; a selected token becomes [MASK]
+    (80 %), a uniformly random id (10 %) or stays (10 %). At most `max_predictions` tokens per
+    row are selected: past the cap, the tokens with the largest draws are left unselected (and
+    unchanged), so the cap never biases which tokens are chosen. Nothing is differentiated.
+
+    Returns {'input_ids': [batch, length] int32 masked ids, 'positions': [batch, P] int32,
+    'labels': [batch, P] int32 original ids, 'weights': [batch, P] float32 (1 where a position
+    was selected, 0 in the unused slots)}, with P = max_predictions.
+    """
+    input_ids = input_ids.astype(jnp.int32)
+    k_select, k_kind, k_random = jax.random.split(key, 3)
+    shape = input_ids.shape
+    special = jnp.isin(input_ids, jnp.asarray(list(special_ids), jnp.int32))
+    candidate = (attention_mask > 0) & ~special
+    u = jax.random.uniform(k_select, shape)
+    selected = candidate & (u < probability)
+    # The P smallest draws among the selected tokens (unselected ones rank after all of them).
+    score = jnp.where(selected, u, 2.0)
+    neg, positions = jax.lax.top_k(-score, max_predictions)
+    weights = (neg > -2.0).astype(jnp.float32)
+    positions = positions.astype(jnp.int32)
+    rows = jnp.arange(shape[0])[:, None]
+    chosen = jnp.zeros(shape, jnp.bool_).at[rows, positions].max(weights > 0)
+    kind = jax.random.uniform(k_kind, shape)
+    random_ids = jax.random.randint(k_random, shape, 0, vocab_size, jnp.int32)
+    masked = jnp.where(chosen & (kind < 0.8), jnp.int32(mask_id), input_ids)
+    masked = jnp.where(chosen & (kind >= 0.8) & (kind < 0.9), random_ids, masked)
+    labels = jnp.take_along_axis(input_ids, positions, axis=1)
+    return {"input_ids": masked, "positions": positions, "labels": labels, "weights": weights}
+
+
+def special_token_ids(tokenizer) -> list[int]:
+    """Ids masking never selects: [CLS], [SEP], [PAD], [MASK] and any other special token except
+    [UNK] (an unknown word is still a word to predict, as in transformers' data collator)."""
+    ids = set(tokenizer.all_special_ids)
+    if tokenizer.unk_token_id is not None:
+        ids.discard(tokenizer.unk_token_id)
+    for name in ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            ids.add(getattr(tokenizer, name))
+    return sorted(ids)
