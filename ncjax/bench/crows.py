@@ -100,15 +100,16 @@ def _masked(ids: Sequence[int], pos: int, mask_id: int) -> MaskedQuery:
     return MaskedQuery(tuple(masked), pos, (int(ids[pos]),))
 
 
-def pair_scores(
-    pairs: Sequence[Pair], scorer: Scorer, pll: bool = False, progress: Progress | None = None
-) -> list[tuple[float, float] | None]:
-    """(score1, score2) per pair, rounded to 3 decimals; None for a skipped pair."""
-    tok, mask_id = scorer.tokenizer, scorer.tokenizer.mask_token_id
+def build_queries(
+    pairs: Sequence[Pair], tokenizer: Any, pll: bool = False
+) -> tuple[list[MaskedQuery], list[tuple[int, int] | None]]:
+    """Masked-token queries of all pairs (sent1's, then sent2's, pair by pair) and, per pair, the
+    number of queries of each side, or None for a skipped pair."""
+    mask_id = tokenizer.mask_token_id
     queries: list[MaskedQuery] = []
-    plan: list[tuple[int, int] | None] = []  # per pair: (n1, n2) queries, or None if skipped
+    plan: list[tuple[int, int] | None] = []
     for p in pairs:
-        ids1, ids2 = tok(p.sent1)["input_ids"], tok(p.sent2)["input_ids"]
+        ids1, ids2 = tokenizer(p.sent1)["input_ids"], tokenizer(p.sent2)["input_ids"]
         if pll:
             t1, t2 = spans(ids1, ids2, equal=True)
             t1, t2 = t1[1:-1], t2[1:-1]  # Nangia et al. skip the first and last shared token
@@ -119,6 +120,14 @@ def pair_scores(
                 continue
         queries += [_masked(ids1, i, mask_id) for i in t1] + [_masked(ids2, i, mask_id) for i in t2]
         plan.append((len(t1), len(t2)))
+    return queries, plan
+
+
+def pair_scores(
+    pairs: Sequence[Pair], scorer: Scorer, pll: bool = False, progress: Progress | None = None
+) -> list[tuple[float, float] | None]:
+    """(score1, score2) per pair, rounded to 3 decimals; None for a skipped pair."""
+    queries, plan = build_queries(pairs, scorer.tokenizer, pll)
     logp = iter(scorer.masked_log_probs(queries, progress=progress))
     out: list[tuple[float, float] | None] = []
     for counts in plan:

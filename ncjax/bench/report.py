@@ -54,7 +54,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             if test == "avg_abs_effect_size":
                 continue
             out.append(("SEAT", test, f"effect size {_f(r['effect_size'], 3)} · p {_f(r['p_value'], 4)}"))
-        out.append(("SEAT", "avg |effect size|", _f(results["seat"]["avg_abs_effect_size"], 3)))
+        out.append(("SEAT", "mean abs effect size", _f(results["seat"]["avg_abs_effect_size"], 3)))
     if "becpro" in results:
         b = results["becpro"]
         for grp, gap in b["gap"].items():
