@@ -41,13 +41,19 @@ much closer than their norms), which use exact differences.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
 
 from ncjax import penalty
+
+log = logging.getLogger(__name__)
 
 EPS = penalty.EPS
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -137,11 +143,12 @@ def init_stats(num_classes: int, hidden: int) -> dict[str, jnp.ndarray]:
     """Pass-1 and pass-2 accumulators, all zero:
     counts [K], sums [K, hidden], var_sums [K], var_sums_w [K] float32;
     nc4_agree, nc4_agree_w, nc4_total: scalar float32."""
-    z = jnp.zeros((num_classes,), jnp.float32)
-    s = jnp.zeros((), jnp.float32)
+    def z(*shape):
+        return jnp.zeros(shape, jnp.float32)
+
     return {
-        "counts": z, "sums": jnp.zeros((num_classes, hidden), jnp.float32),
-        "var_sums": z, "var_sums_w": z, "nc4_agree": s, "nc4_agree_w": s, "nc4_total": s,
+        "counts": z(num_classes), "sums": z(num_classes, hidden), "var_sums": z(num_classes),
+        "var_sums_w": z(num_classes), "nc4_agree": z(), "nc4_agree_w": z(), "nc4_total": z(),
     }
 
 
@@ -450,6 +457,24 @@ def _tokenize(tokenizer, lines, max_length, label_shift, max_tokens):
     return seqs
 
 
+def _features(graphdef, state, ids, mask, features):
+    out = nnx.merge(graphdef, state)(ids, mask, None, with_logits=False)
+    return out.mlm_hidden if features == "mlm_transform" else out.last_hidden
+
+
+# Module-level jits, keyed on the (hashable) graph definition: measuring several checkpoints of
+# one architecture compiles once.
+@functools.partial(jax.jit, static_argnames=("graphdef", "features"))
+def _pass1(stats, state, ids, mask, labels, weights, table, *, graphdef, features):
+    return accumulate_means(stats, _features(graphdef, state, ids, mask, features), labels, weights, table)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "features", "block"))
+def _pass2(stats, state, ids, mask, labels, weights, table, means, class_w, included, *, graphdef, features, block):
+    x = _features(graphdef, state, ids, mask, features)
+    return accumulate_second(stats, x, labels, weights, table, means, class_w, included, block=block)
+
+
 def measure(
     model: Any,
     tokenizer: Any,
@@ -473,9 +498,6 @@ def measure(
     settings used. features: 'mlm_transform' (decoder input) or 'last_hidden'; positions that
     count: non-special tokens (on the label side for label_shift 1), at most max_tokens of them.
     With a ('data',) `mesh`, batches are sharded over it (batch_size must divide evenly)."""
-    from flax import nnx
-    from tqdm.auto import tqdm
-
     if features not in ("mlm_transform", "last_hidden"):
         raise ValueError(f"features must be mlm_transform or last_hidden, got {features!r}.")
     if label_shift not in (0, 1):
@@ -489,6 +511,10 @@ def measure(
     seqs = _tokenize(tokenizer, lines, max_length, label_shift, max_tokens)
     seen = np.unique(np.concatenate([lab[w > 0] for _, lab, w in seqs]))
     subset = class_subset(classes, tokenizer, policy=policy, seen_ids=seen, seed=seed)
+    if subset.resolution is not None:
+        summary = subset.resolution.summary()
+        log.info(summary.splitlines()[0])
+        log.debug(summary)
     if subset.ids.max() >= config.vocab_size:
         raise ValueError(f"class id {int(subset.ids.max())} is outside the model vocabulary ({config.vocab_size}); "
                          "use the model's own tokenizer.")
@@ -498,19 +524,7 @@ def measure(
     table = penalty.make_slot_table(subset.ids, config.vocab_size)
     class_w = model.word_embeddings()[jnp.asarray(subset.ids)]
     graphdef, state = nnx.split(model)
-
-    def feats(state, ids, mask):
-        out = nnx.merge(graphdef, state)(ids, mask, None, with_logits=False)
-        return out.mlm_hidden if features == "mlm_transform" else out.last_hidden
-
-    @jax.jit
-    def pass1(st, state, ids, mask, lab, w):
-        return accumulate_means(st, feats(state, ids, mask), lab, w, table)
-
-    @jax.jit
-    def pass2(st, state, ids, mask, lab, w, means, included):
-        return accumulate_second(st, feats(state, ids, mask), lab, w, table, means, class_w, included, block=block)
-
+    static = {"graphdef": graphdef, "features": features}
     if mesh is not None:
         from ncjax import parallel
 
@@ -520,12 +534,14 @@ def measure(
     else:
         put_batch = put_rep = jnp.asarray
     state = jax.tree.map(put_rep, state)
+    table, class_w = put_rep(table), put_rep(class_w)
 
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     batches = []
     for start in range(0, len(order), batch_size):
         rows = [seqs[i] for i in order[start:start + batch_size]]
-        length = min(-(-max(len(r[0]) for r in rows) // 16) * 16, max_length)
+        # power-of-two lengths: few compilations, at most twice the padding
+        length = min(max(16, 1 << (max(len(r[0]) for r in rows) - 1).bit_length()), max_length)
         arr = np.zeros((4, batch_size, length), np.int32)
         for b, (ids, lab, w) in enumerate(rows):
             arr[0, b, :len(ids)], arr[1, b, :len(ids)] = ids, 1
@@ -534,7 +550,7 @@ def measure(
 
     stats = jax.tree.map(put_rep, init_stats(k, config.hidden_size))
     for arr in tqdm(batches, desc="collapse pass 1", disable=not progress):
-        stats = pass1(stats, state, *(put_batch(a) for a in arr))
+        stats = _pass1(stats, state, *(put_batch(a) for a in arr), table, **static)
     counts = np.asarray(stats["counts"])
     included = counts >= max(min_count, 1)
     if included.sum() < 2:
@@ -545,7 +561,7 @@ def measure(
     means = put_rep(class_means(stats))
     inc = put_rep(jnp.asarray(included))
     for arr in tqdm(batches, desc="collapse pass 2", disable=not progress):
-        stats = pass2(stats, state, *(put_batch(a) for a in arr), means, inc)
+        stats = _pass2(stats, state, *(put_batch(a) for a in arr), table, means, class_w, inc, block=block, **static)
     result = metrics(jax.tree.map(np.asarray, stats), np.asarray(class_w), min_count=min_count)
     result.update(
         num_tokens=int(sum(int(w.sum()) for _, _, w in seqs)),
@@ -560,4 +576,10 @@ def measure(
         max_length=max_length,
         seed=seed,
     )
+    if subset.resolution is not None:
+        r = subset.resolution
+        result["word_set"] = {
+            "num_ids": len(r.ids), "num_dropped": len(r.dropped),
+            "num_shared_ids": len(r.collisions), "generic_pieces": list(r.generic_pieces),
+        }
     return result

