@@ -170,8 +170,16 @@ def _read_rows(path: str, fmt: str, field: str, split: str, cache_dir: Path):
             "jsonl": ("json", {}),
             "text": ("text", {}),
         }[fmt]
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train",
-                                   cache_dir=str(cache_dir / "datasets"), **kwargs)
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train",
+                                       cache_dir=str(cache_dir / "datasets"), **kwargs)
+        except Exception as e:  # datasets' own messages do not name the file or the setting
+            if not Path(path).read_text(encoding="utf-8", errors="replace").strip().count("\n") and fmt != "text":
+                raise ValueError(f"data.path {path} yields no text (it holds no data rows); "
+                                 "check the file.") from None
+            reason = " ".join(str(e).split())
+            raise ValueError(f"data.path {path} could not be read as {fmt} ({type(e).__name__}: {reason}); "
+                             "check the file or set data.format.") from None
     if fmt == "text":
         field = "text"
     if field not in ds.column_names:
@@ -264,8 +272,8 @@ def read_texts(spec: CorpusSpec, cache_dir: str | os.PathLike) -> list[str]:
         # Two-sided CDA keeps every original and adds its counterfactual wherever a swap changed it.
         texts = texts + [c for t in texts if (c := counterfactual(t, pairs)) != t]
     if not texts:
-        raise ValueError(f"data.path {spec.path} yields no text (column {field!r} is empty after "
-                         "splitting); check the file and data.text_field.")
+        where = "no non-empty line" if fmt == "text" else f"nothing in column {field!r}"
+        raise ValueError(f"data.path {spec.path} yields no text ({where}); check the file and data.text_field.")
     return texts
 
 
