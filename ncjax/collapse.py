@@ -433,27 +433,29 @@ def read_corpus(path: str, *, column: str | int | None = None, field: str | None
     return [t for t in p.read_text(encoding="utf-8").splitlines() if t.strip()]
 
 
-def _tokenize(tokenizer, lines, max_length, label_shift, max_tokens):
-    enc = tokenizer(
-        list(lines), truncation=True, max_length=max_length,
-        add_special_tokens=True, return_special_tokens_mask=True,
-    )
+def _tokenize(tokenizer, lines, max_length, label_shift, max_tokens, chunk=1024):
+    """[(ids, labels, weights)] per line, each [length] int32; tokenises in chunks and stops once
+    max_tokens counted positions are collected."""
     seqs, budget = [], max_tokens if max_tokens else None
-    for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
-        ids = np.asarray(ids, np.int32)
-        counted = 1 - np.asarray(special, np.int32)
-        if label_shift == 0:
-            labels, weights = ids, counted
-        else:
-            labels = np.concatenate([ids[1:], [0]]).astype(np.int32)
-            weights = np.concatenate([counted[1:], [0]]).astype(np.int32)
-        if budget is not None:
-            keep = np.cumsum(weights) <= budget
-            weights = weights * keep
-            budget -= int(weights.sum())
-        seqs.append((ids, labels, weights))
-        if budget is not None and budget <= 0:
-            break
+    for start in range(0, len(lines), chunk):
+        enc = tokenizer(
+            list(lines[start:start + chunk]), truncation=True, max_length=max_length,
+            add_special_tokens=True, return_special_tokens_mask=True,
+        )
+        for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
+            ids = np.asarray(ids, np.int32)
+            counted = 1 - np.asarray(special, np.int32)
+            if label_shift == 0:
+                labels, weights = ids, counted
+            else:
+                labels = np.concatenate([ids[1:], [0]]).astype(np.int32)
+                weights = np.concatenate([counted[1:], [0]]).astype(np.int32)
+            if budget is not None:
+                weights = weights * (np.cumsum(weights) <= budget)
+                budget -= int(weights.sum())
+            seqs.append((ids, labels, weights))
+            if budget is not None and budget <= 0:
+                return seqs
     return seqs
 
 
