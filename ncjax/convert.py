@@ -249,7 +249,8 @@ def load_tokenizer(src: str | os.PathLike):
         raise FileNotFoundError(f"{directory} has no tokenizer files (vocab.txt or tokenizer.json); copy them there.")
     if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(directory))
-    return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    # transformers 5 reads a plain vocabulary through `vocab=` (it ignores `vocab_file=`).
+    return BertTokenizerFast(vocab=str(directory / "vocab.txt"))
 
 
 # ----------------------------------------------------------------------------- ncjax -> HF

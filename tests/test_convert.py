@@ -64,7 +64,15 @@ def test_ncjax_checkpoint_round_trip_is_exact(tiny, tiny_bert_dir, tmp_path):
     assert config2 == config
     a, b = params_to_hf(model), params_to_hf(again)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert convert.load_tokenizer(out).vocab == convert.load_tokenizer(tiny_bert_dir).vocab
+    tok = convert.load_tokenizer(out)
+    assert len(tok) == 54 and tok.vocab == convert.load_tokenizer(tiny_bert_dir).vocab
+
+
+def test_tokenizer_from_a_bare_vocab_txt(tiny_bert_dir, tmp_path):
+    shutil.copy(tiny_bert_dir / "vocab.txt", tmp_path / "vocab.txt")
+    tok = convert.load_tokenizer(tmp_path)
+    assert len(tok) == 54
+    assert tok("The nurse worked")["input_ids"] == [2, 17, 23, 22, 3]  # [CLS] the nurse worked [SEP]
 
 
 def test_sharded_safetensors_index(tiny, tiny_bert_dir, tmp_path):
@@ -120,7 +128,7 @@ def test_export_loads_in_transformers_with_same_logits(tiny, tiny_bert_dir, tmp_
         logits = hf(**{k: torch.tensor(e[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
     np.testing.assert_allclose(logits.numpy(), e["logits"], atol=1e-5)
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
-    assert tok.convert_tokens_to_ids("nurse") == convert.load_tokenizer(tiny_bert_dir).convert_tokens_to_ids("nurse")
+    assert tok.convert_tokens_to_ids("nurse") == convert.load_tokenizer(tiny_bert_dir).convert_tokens_to_ids("nurse") == 23
 
 
 @pytest.mark.torch
