@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ncjax import collapse  # noqa: E402
+from ncjax import collapse, measure  # noqa: E402
 
 TABLE_KEYS = (
     "nc1_cdnv", "nc1_cdnv_dist4", "nc2_equinorm_cov", "nc2_equiangular_std", "gnc2_log_kernel",
@@ -116,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     from ncjax import convert, parallel
 
     try:
-        lines = collapse.read_corpus(args.corpus, column=args.column, field=args.field)
+        lines = measure.read_corpus(args.corpus, column=args.column, field=args.field)
         mesh = parallel.make_mesh() if jax.device_count() > 1 else None
         results = []
         for src in args.model:
             # The last layer needs no MLM head: an encoder-only checkpoint gets an unused one.
             model, _ = convert.load_model(src, init_missing_head=args.features == "last_hidden")
             tokenizer = convert.load_tokenizer(src)
-            res = collapse.measure(
+            res = measure.measure(
                 model, tokenizer, lines, classes=args.classes, policy=args.policy, features=args.features,
                 label_shift=args.label_shift, min_count=args.min_count, max_tokens=args.max_tokens,
                 batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, mesh=mesh,

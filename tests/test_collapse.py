@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import BertTokenizer
 
-from ncjax import collapse, penalty
+from ncjax import collapse, measure, penalty
 
 EPS32 = np.finfo(np.float32).eps
 
@@ -237,7 +237,7 @@ def _direct(model, tok, lines, class_ids, features, label_shift):
 @pytest.mark.parametrize("features,label_shift", [("mlm_transform", 0), ("last_hidden", 1)])
 def test_measure_equals_numpy_on_per_line_features(tiny, features, label_shift):
     model, tok = tiny
-    res = collapse.measure(
+    res = measure.measure(
         model, tok, LINES, classes="gender-adept", features=features, label_shift=label_shift,
         batch_size=4, block=4,
     )
@@ -256,37 +256,37 @@ def test_measure_one_vs_eight_devices_and_max_tokens(tiny):
     from ncjax import parallel
 
     model, tok = tiny
-    one = collapse.measure(model, tok, LINES, classes="all", batch_size=8, block=16)
-    eight = collapse.measure(model, tok, LINES, classes="all", batch_size=8, block=16, mesh=parallel.make_mesh())
+    one = measure.measure(model, tok, LINES, classes="all", batch_size=8, block=16)
+    eight = measure.measure(model, tok, LINES, classes="all", batch_size=8, block=16, mesh=parallel.make_mesh())
     for key in collapse.METRIC_KEYS:
         assert one[key] == pytest.approx(eight[key], rel=1e-5, abs=1e-7), key
-    capped = collapse.measure(model, tok, LINES, classes="all", batch_size=8, max_tokens=20)
+    capped = measure.measure(model, tok, LINES, classes="all", batch_size=8, max_tokens=20)
     assert capped["num_tokens"] == 20
 
 
 def test_measure_errors(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="corpus is empty"):
-        collapse.measure(model, tok, ["", "  "])
+        measure.measure(model, tok, ["", "  "])
     with pytest.raises(ValueError, match="no token of the class set"):
-        collapse.measure(model, tok, ["the nurse worked at the hospital ."])
+        measure.measure(model, tok, ["the nurse worked at the hospital ."])
     with pytest.raises(ValueError, match="unknown class spec"):
-        collapse.measure(model, tok, LINES, classes="race")
+        measure.measure(model, tok, LINES, classes="race")
     with pytest.raises(ValueError, match="need 2"):
-        collapse.measure(model, tok, ["he worked ."])
+        measure.measure(model, tok, ["he worked ."])
 
 
 def test_read_corpus_formats(tmp_path):
     (tmp_path / "a.txt").write_text("one line\n\nsecond line\n")
     (tmp_path / "a.tsv").write_text("ID\tText\tx\n1\tfirst text\t0\n2\tsecond\t1\n")
     (tmp_path / "a.jsonl").write_text('{"text": "j one"}\n\n{"text": "j two", "y": 1}\n')
-    assert collapse.read_corpus(tmp_path / "a.txt") == ["one line", "second line"]
-    assert collapse.read_corpus(tmp_path / "a.tsv") == ["first text", "second"]
-    assert collapse.read_corpus(tmp_path / "a.tsv", column="ID") == ["1", "2"]
-    assert collapse.read_corpus(tmp_path / "a.jsonl") == ["j one", "j two"]
+    assert measure.read_corpus(tmp_path / "a.txt") == ["one line", "second line"]
+    assert measure.read_corpus(tmp_path / "a.tsv") == ["first text", "second"]
+    assert measure.read_corpus(tmp_path / "a.tsv", column="ID") == ["1", "2"]
+    assert measure.read_corpus(tmp_path / "a.jsonl") == ["j one", "j two"]
     with pytest.raises(ValueError, match="no field 'body'"):
-        collapse.read_corpus(tmp_path / "a.jsonl", field="body")
+        measure.read_corpus(tmp_path / "a.jsonl", field="body")
     with pytest.raises(ValueError, match="no column 'txt'"):
-        collapse.read_corpus(tmp_path / "a.tsv", column="txt")
+        measure.read_corpus(tmp_path / "a.tsv", column="txt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        collapse.read_corpus(tmp_path / "missing.txt")
+        measure.read_corpus(tmp_path / "missing.txt")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import BertTokenizer
 
-from ncjax import collapse
+from ncjax import collapse, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 ISSUE_KEYS = (
@@ -64,7 +64,7 @@ def test_cli_two_models_json_table_plot(cli, model_dir, tmp_path, capsys):
     from ncjax.convert import load_model, load_tokenizer
 
     model, _ = load_model(model_dir)
-    want = collapse.measure(model, load_tokenizer(model_dir), LINES, classes="all", batch_size=8)
+    want = measure.measure(model, load_tokenizer(model_dir), LINES, classes="all", batch_size=8)
     for key in collapse.METRIC_KEYS:
         assert results[1][key] == pytest.approx(want[key], rel=1e-5), key
     text = capsys.readouterr().out
