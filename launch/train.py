@@ -14,9 +14,13 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+# Runs from a checkout without installing too (an installed ncjax works the same).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/bert_nc3.py:minilm.", lock_config=True

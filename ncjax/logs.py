@@ -14,8 +14,9 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class MetricWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "MetricWriter":
+    def __enter__(self) -> MetricWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,17 @@ def initialize_distributed(
 ) -> bool:
     """Starts JAX's multi-process runtime when asked; returns whether it did.
 
-    mode: 'off' never starts it; 'on' always does (arguments empty / 0 / -1 are auto-detected,
-    as on a TPU pod or under SLURM / Open MPI); 'auto' starts it when a coordinator address is
-    given (argument or JAX_COORDINATOR_ADDRESS) or a known cluster environment is present.
+    mode: 'off' never starts it; 'on' always does (arguments empty / 0 / -1 are auto-detected by
+    JAX, as on a TPU pod or under SLURM / Open MPI); 'auto' starts it when a coordinator address
+    is given (argument or JAX_COORDINATOR_ADDRESS) or the environment shows several processes
+    (SLURM_NTASKS or OMPI_COMM_WORLD_SIZE > 1, a multi-host GKE TPU slice).
     Must run before any other JAX call touches a device."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"parallel.distributed {mode!r} is not 'auto', 'on' or 'off'.")
     if mode == "off":
         return False
     address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
-    cluster = any(k in os.environ for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
-                                            "MEGASCALE_COORDINATOR_ADDRESS"))
+    cluster = _multi_process_environment()
     if mode == "auto" and not address and not cluster:
         return False
     kwargs: dict[str, Any] = {}
@@ -53,6 +54,20 @@ def initialize_distributed(
     log.info("jax.distributed.initialize(%s)", ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
     jax.distributed.initialize(**kwargs)
     return True
+
+
+def _multi_process_environment() -> bool:
+    """True under a launcher that started several processes (SLURM, Open MPI, a GKE TPU slice)."""
+
+    def count(name: str) -> int:
+        try:
+            return int(os.environ.get(name, "1"))
+        except ValueError:
+            return 1
+
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return (count("SLURM_NTASKS") > 1 or count("OMPI_COMM_WORLD_SIZE") > 1 or "," in hosts
+            or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ)
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

@@ -1,15 +1,7 @@
-"""MLM fine-tuning with the NC3 regulariser: the train state, the one jitted step, and
-`train_and_evaluate(config, workdir)`.
+"""MLM fine-tuning with the NC3 regulariser: `train_and_evaluate(config, workdir)`.
 
-The step (`make_train_step`) is a single `jax.jit` over a 1-D ('data',) mesh: the train state
-(parameters, AdamW state, NC3 running statistics, step) is replicated and donated, the batch is
-sharded on its first axis. Inside it: MLM masks drawn from fold_in(seed, step) (`data.mask_tokens`),
-the model run with logits only at the masked positions, loss = MLM cross-entropy (mean over the
-masked tokens of the global batch) + alpha * NC3 (`penalty.nc3_penalty`, whose class sums the
-compiler all-reduces over the batch before any division), gradients of that loss with respect to
-the parameters, global-norm clipping and an AdamW update with a linear schedule.
-
-`train_and_evaluate` does the rest of a run: multi-host start-up, input checks that fail in one
+The jitted step and the train state live in `ncjax.step`. `train_and_evaluate` does the rest of
+a run: multi-host start-up, input checks that fail in one
 sentence before any compute, the tokenised corpus and sampler, restore-or-initialise from the
 latest complete checkpoint (on any device count), the loop with metrics, periodic and final
 checkpoints, SIGTERM handling (checkpoint, then return 'preempted'), a stop on a non-finite loss
@@ -21,7 +13,6 @@ Step numbering: the state's `step` counts applied updates. The update that reads
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -29,16 +20,16 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from ncjax import checkpoint as ckpt_lib
-from ncjax import convert, data, logs, parallel, penalty, weights, words
+from ncjax import convert, data, logs, masking, parallel, weights, words
+from ncjax import step as step_lib
 
 log = logging.getLogger(__name__)
 
@@ -55,37 +46,6 @@ _CHOICES = {
     "parallel.distributed": ("auto", "on", "off"),
     "log.progress": ("auto", "on", "off"),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class PenaltySpec:
-    """The static penalty settings the step is compiled with (from the config's `penalty` block)."""
-
-    mode: str = "reference"
-    alpha: float = 100.0
-    label_shift: int = 1
-    labels: str = "input"
-    features: str = "last_hidden"
-    positions: str = "all"
-    ema: float = 0.0
-    stop_gradient_mu: bool = False
-
-    @classmethod
-    def from_config(cls, p: Any) -> "PenaltySpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: p[k] for k in names if k in p})
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskSpec:
-    """Static MLM-masking settings: special ids never masked, [MASK] id, vocabulary size,
-    selection probability and the per-sequence cap P on predictions."""
-
-    special_ids: tuple[int, ...]
-    mask_id: int
-    vocab_size: int
-    probability: float
-    max_predictions: int
 
 
 # ----------------------------------------------------------------------------- checks
@@ -138,149 +98,6 @@ def check_model_source(path: str, key: str = "model.path") -> Path:
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{key}: {directory} has no config.json; point {key} at a BERT checkpoint directory.")
     return resolved
-
-
-# ----------------------------------------------------------------------------- optimiser
-
-
-def make_schedule(o: Any, total_steps: int) -> optax.Schedule:
-    """Linear warm-up (optional) then linear decay from learning_rate to end_learning_rate."""
-    decay = optax.linear_schedule(o.learning_rate, o.end_learning_rate, max(total_steps - o.warmup_steps, 1))
-    if o.warmup_steps <= 0:
-        return decay
-    warm = optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps)
-    return optax.join_schedules([warm, decay], [o.warmup_steps])
-
-
-def make_optimizer(o: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW with the schedule."""
-    adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
-    if o.clip_norm and o.clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw)
-    return adamw
-
-
-# ----------------------------------------------------------------------------- the step
-
-
-def _penalty_inputs(model, out, batch, masks, spec: PenaltySpec):
-    """(features [B, N, H], labels [B, N], weights [B, N]) that the NC3 statistics read."""
-    if spec.positions == "masked":
-        if spec.features == "mlm_transform":
-            feats = out.mlm_hidden
-        else:
-            feats = jnp.take_along_axis(out.last_hidden, masks["positions"][..., None], axis=1)
-        if spec.labels == "original":
-            labels = masks["labels"]
-        else:
-            labels = jnp.take_along_axis(masks["input_ids"], masks["positions"], axis=1)
-        return feats, labels, masks["weights"]
-    feats = out.last_hidden if spec.features == "last_hidden" else model.mlm_transform(out.last_hidden)
-    ids = masks["input_ids"] if spec.labels == "input" else batch["input_ids"]
-    labels, weights = penalty.penalty_targets(ids, batch["attention_mask"], label_shift=spec.label_shift)
-    return feats, labels, weights
-
-
-def _global_norm(tree) -> jax.Array:
-    # What clip_by_global_norm measures (before clipping); written out because optax renamed it.
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
-
-
-def make_train_step(
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    *,
-    mesh: jax.sharding.Mesh,
-    seed: int,
-    masking: MaskSpec,
-    penalty_spec: PenaltySpec,
-    class_ids: np.ndarray | None,
-    dropout: bool = True,
-) -> Callable:
-    """The jitted step: (state, batch) -> (state, metrics).
-
-    state: {'step': int32 [], 'params': parameter dict, 'opt_state': AdamW state,
-    'penalty': {'sums': [K, H], 'counts': [K]} (only when alpha > 0)}, replicated and donated.
-    batch: {'input_ids', 'attention_mask'}: [global_batch, length] int32, sharded on axis 0.
-    Differentiated: loss = MLM + alpha * NC3 with respect to state['params'].
-    metrics: scalars loss, mlm, nc3, nc3_valid, nc3_classes, grad_norm, lr, masked_tokens, tokens."""
-    rep = parallel.replicated(mesh)
-    root = jax.random.PRNGKey(seed)
-    mask_root, dropout_root = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
-    use_penalty = penalty_spec.alpha > 0
-    if use_penalty:
-        slot_table = penalty.make_slot_table(class_ids, masking.vocab_size)
-        class_index = jnp.asarray(class_ids, jnp.int32)
-
-    def step_fn(state, batch):
-        step = state["step"]
-        masks = data.mask_tokens(
-            jax.random.fold_in(mask_root, step), batch["input_ids"], batch["attention_mask"],
-            special_ids=masking.special_ids, mask_id=masking.mask_id, vocab_size=masking.vocab_size,
-            probability=masking.probability, max_predictions=masking.max_predictions,
-        )
-        dropout_key = jax.random.fold_in(dropout_root, step) if dropout else None
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params)
-            out = model(masks["input_ids"], batch["attention_mask"], positions=masks["positions"],
-                        dropout_key=dropout_key)
-            nll = optax.softmax_cross_entropy_with_integer_labels(out.logits, masks["labels"])  # [B, P]
-            num_masked = jnp.sum(masks["weights"])
-            mlm = jnp.sum(nll * masks["weights"]) / jnp.maximum(num_masked, 1.0)
-            if not use_penalty:
-                zero = jnp.zeros((), jnp.float32)
-                return mlm, (mlm, None, {"nc3": zero, "nc3_valid": jnp.array(False), "nc3_classes": zero}, num_masked)
-            feats, labels, weights = _penalty_inputs(model, out, batch, masks, penalty_spec)
-            class_weights = model.word_embeddings()[class_index]  # [K, H]: the gradient reaches W[G]
-            r, new_pen, pm = penalty.nc3_penalty(
-                state["penalty"], feats, labels, weights, class_weights, slot_table,
-                mode=penalty_spec.mode, ema=penalty_spec.ema, stop_gradient_mu=penalty_spec.stop_gradient_mu,
-            )
-            return mlm + penalty_spec.alpha * r, (mlm, new_pen, pm, num_masked)
-
-        (loss, (mlm, new_pen, pm, num_masked)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {
-            "step": step + 1,
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-        }
-        if use_penalty:
-            new_state["penalty"] = new_pen
-        metrics = {
-            "loss": loss,
-            "mlm": mlm,
-            "nc3": pm["nc3"],
-            "nc3_valid": pm["nc3_valid"],
-            "nc3_classes": pm["nc3_classes"],
-            "grad_norm": _global_norm(grads),
-            "lr": schedule(step),
-            "masked_tokens": num_masked,
-            "tokens": jnp.sum(batch["attention_mask"]),
-        }
-        return new_state, metrics
-
-    batch_sharding = parallel.batch_sharded(mesh)
-    return jax.jit(step_fn, in_shardings=(rep, batch_sharding), out_shardings=(rep, rep), donate_argnums=(0,))
-
-
-def init_state(params: dict, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-               penalty_shape: tuple[int, int] | None) -> dict:
-    """The step-0 train state, replicated over the mesh (works across processes: every process
-    holds the same host values)."""
-    rep = parallel.replicated(mesh)
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, rep, lambda idx: x[idx])
-
-    state = {"step": put(np.zeros((), np.int32)), "params": jax.tree.map(put, params)}
-    state["opt_state"] = jax.jit(tx.init, out_shardings=rep)(state["params"])
-    if penalty_shape is not None:
-        state["penalty"] = jax.tree.map(put, jax.device_get(penalty.init_state(*penalty_shape)))
-    return state
 
 
 # ----------------------------------------------------------------------------- the run
@@ -365,12 +182,12 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     if len(tokenizer) > model_config.vocab_size:
         raise ValueError(f"the tokenizer of {config.model.path} has {len(tokenizer)} tokens but the model only "
                          f"{model_config.vocab_size}; use the checkpoint's own tokenizer files.")
-    penalty_spec = PenaltySpec.from_config(config.penalty)
+    penalty_spec = step_lib.PenaltySpec.from_config(config.penalty)
     class_ids = None
     if penalty_spec.alpha > 0:
         resolution = words.resolve(words.load_word_set(config.penalty.word_set), tokenizer, config.penalty.policy)
         class_ids = np.asarray(resolution.ids, np.int32)
-        log.info("%s", resolution.summary())
+        log.info("%s (full report: %s)", resolution.summary().splitlines()[0], workdir / "word_set.json")
         if is_main:
             logs.write_json_atomic(workdir / "word_set.json", resolution.to_dict())
 
@@ -389,13 +206,13 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                            jax.process_count(), drop_remainder=config.data.remainder == "drop",
                            shuffle=config.data.shuffle)
     total_steps = config.train.num_steps or config.train.num_epochs * sampler.steps_per_epoch
-    masking = MaskSpec(
-        special_ids=tuple(data.special_token_ids(tokenizer)),
+    mask_spec = step_lib.MaskSpec(
+        special_ids=tuple(masking.special_token_ids(tokenizer)),
         mask_id=int(tokenizer.mask_token_id),
         vocab_size=model_config.vocab_size,
         probability=float(config.data.mlm_probability),
         max_predictions=int(config.data.max_predictions_per_seq
-                            or data.default_max_predictions(length, config.data.mlm_probability)),
+                            or masking.default_max_predictions(length, config.data.mlm_probability)),
     )
     log.info("%d examples of %d tokens, %d steps per epoch, %d steps, %d devices, %d processes",
              num_examples, length, sampler.steps_per_epoch, total_steps, mesh.devices.size, jax.process_count())
@@ -410,93 +227,96 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     params = nnx.to_pure_dict(param_state)
     del model, param_state
 
-    schedule = make_schedule(config.optim, total_steps)
-    tx = make_optimizer(config.optim, schedule)
-    step_fn = make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, masking=masking,
+    schedule = step_lib.make_schedule(config.optim, total_steps)
+    tx = step_lib.make_optimizer(config.optim, schedule)
+    step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, masking=mask_spec,
                               penalty_spec=penalty_spec, class_ids=class_ids, dropout=config.model.dropout)
     penalty_shape = (len(class_ids), model_config.hidden_size) if class_ids is not None else None
-    state = init_state(params, tx, mesh, penalty_shape)
+    state = step_lib.init_state(params, tx, mesh, penalty_shape)
     del params
     log.info("train state initialised (%d parameters)", sum(x.size for x in jax.tree.leaves(state["params"])))
 
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
                                          async_save=config.checkpoint.async_save)
-    position = 0
-    start = checkpointer.latest_step()
-    if start is not None:
-        state, meta = checkpointer.restore(start, ckpt_lib.abstract_like(state))
-        position = int(meta["sampler_position"])
-        if meta.get("num_examples") != num_examples:
-            log.warning("the corpus now has %d examples, the checkpoint was written with %s; the data order "
-                        "after resuming differs from the original run", num_examples, meta.get("num_examples"))
-        log.info("resumed from %s (step %d)", checkpointer.step_path(start), start)
-    step = int(start or 0)
+    try:
+        position = 0
+        start = checkpointer.latest_step()
+        if start is not None:
+            state, meta = checkpointer.restore(start, ckpt_lib.abstract_like(state))
+            position = int(meta["sampler_position"])
+            if meta.get("num_examples") != num_examples:
+                log.warning("the corpus now has %d examples, the checkpoint was written with %s; the data order "
+                            "after resuming differs from the original run", num_examples, meta.get("num_examples"))
+            log.info("resumed from %s (step %d)", checkpointer.step_path(start), start)
+        step = int(start or 0)
 
-    if is_main:
-        logs.write_json_atomic(workdir / "config.json", json.loads(config.to_json()))
-    progress = {"auto": None, "on": True, "off": False}[config.log.progress]
+        if is_main:
+            logs.write_json_atomic(workdir / "config.json", json.loads(config.to_json()))
+        progress = {"auto": None, "on": True, "off": False}[config.log.progress]
 
-    def meta_for(s: int, preempted: bool) -> dict:
-        return {
-            "step": s, "sampler_position": position, "epoch": position / sampler.steps_per_epoch,
-            "num_examples": num_examples, "total_steps": total_steps, "preempted": preempted,
-            "num_devices": int(mesh.devices.size), "num_processes": jax.process_count(),
-            "jax_version": jax.__version__, "config": json.loads(config.to_json()),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        def meta_for(s: int, preempted: bool) -> dict:
+            return {
+                "step": s, "sampler_position": position, "epoch": position / sampler.steps_per_epoch,
+                "num_examples": num_examples, "total_steps": total_steps, "preempted": preempted,
+                "num_devices": int(mesh.devices.size), "num_processes": jax.process_count(),
+                "jax_version": jax.__version__, "config": json.loads(config.to_json()),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
 
-    last_saved = start
-    last_logged: dict = {}
-    status = "completed"
-    with logs.MetricWriter(workdir, total_steps=total_steps, initial_step=step, enabled=is_main,
-                           tensorboard=config.log.tensorboard, progress=progress) as writer, \
-            _Preemption() as preemption:
-        pending: tuple[int, dict] | None = None
-        window = {"tokens": 0, "t0": None}
+        last_saved = start
+        last_logged: dict = {}
+        status = "completed"
+        with logs.MetricWriter(workdir, total_steps=total_steps, initial_step=step, enabled=is_main,
+                               tensorboard=config.log.tensorboard, progress=progress) as writer, \
+                _Preemption() as preemption:
+            pending: tuple[int, dict] | None = None
+            window = {"tokens": 0, "t0": None}
 
-        def settle(item: tuple[int, dict]) -> None:
-            """Fetches one step's metrics, stops on a non-finite loss, logs on the interval."""
-            nonlocal last_logged
-            s, device_metrics = item
-            m = _host_metrics(device_metrics)
-            check_finite(s, m, checkpointer)
-            now = time.perf_counter()
-            if window["t0"] is None:  # the first step includes compilation: time from its end
-                window["t0"] = now
-            else:
-                window["tokens"] += m["tokens"]
-            if s % config.train.log_every_steps == 0 or s == total_steps:
-                elapsed = now - window["t0"]
-                m["tokens_per_s"] = window["tokens"] / elapsed if elapsed > 0 and window["tokens"] else 0.0
-                window.update(tokens=0, t0=now)
-                m["epoch"] = s / sampler.steps_per_epoch
-                writer.write(s, m)
-                last_logged = {"step": s, **m}
-                log.info("step %d: loss %.4f mlm %.4f nc3 %.4f", s, m["loss"], m["mlm"], m["nc3"])
-            writer.advance(s)
+            def settle(item: tuple[int, dict]) -> None:
+                """Fetches one step's metrics, stops on a non-finite loss, logs on the interval."""
+                nonlocal last_logged
+                s, device_metrics = item
+                m = _host_metrics(device_metrics)
+                check_finite(s, m, checkpointer)
+                now = time.perf_counter()
+                if window["t0"] is None:  # the first step includes compilation: time from its end
+                    window["t0"] = now
+                else:
+                    window["tokens"] += m["tokens"]
+                if s % config.train.log_every_steps == 0 or s in (1, total_steps):
+                    elapsed = now - window["t0"]
+                    m["tokens_per_s"] = window["tokens"] / elapsed if elapsed > 0 and window["tokens"] else 0.0
+                    window.update(tokens=0, t0=now)
+                    m["epoch"] = s / sampler.steps_per_epoch
+                    writer.write(s, m)
+                    last_logged = {"step": s, **m}
+                    log.info("step %d: loss %.4f mlm %.4f nc3 %.4f", s, m["loss"], m["mlm"], m["nc3"])
+                writer.advance(s)
 
-        while step < total_steps:
-            local = data.gather_batch(arrays, sampler.indices(position), pad_id=tokenizer.pad_token_id or 0)
-            state, device_metrics = step_fn(state, parallel.global_batch(local, mesh))
-            step += 1
-            position += 1
+            while step < total_steps:
+                local = data.gather_batch(arrays, sampler.indices(position), pad_id=tokenizer.pad_token_id or 0)
+                state, device_metrics = step_fn(state, parallel.global_batch(local, mesh))
+                step += 1
+                position += 1
+                if pending is not None:
+                    settle(pending)
+                pending = (step, device_metrics)
+                stop = preemption.requested or checkpointer.reached_preemption(step)
+                if step % config.checkpoint.every_steps == 0 or step == total_steps or stop:
+                    settle(pending)  # never save a state whose loss is not finite
+                    pending = None
+                    checkpointer.save(step, state, meta_for(step, stop and step < total_steps))
+                    last_saved = step
+                if stop and step < total_steps:
+                    status = "preempted"
+                    break
             if pending is not None:
                 settle(pending)
-            pending = (step, device_metrics)
-            stop = preemption.requested or checkpointer.reached_preemption(step)
-            if step % config.checkpoint.every_steps == 0 or step == total_steps or stop:
-                settle(pending)  # never save a state whose loss is not finite
-                pending = None
-                checkpointer.save(step, state, meta_for(step, stop and step < total_steps))
-                last_saved = step
-            if stop and step < total_steps:
-                status = "preempted"
-                break
-        if pending is not None:
-            settle(pending)
-    if last_saved != step:
-        checkpointer.save(step, state, meta_for(step, status == "preempted"))
-    checkpointer.close()
+        if last_saved != step:
+            checkpointer.save(step, state, meta_for(step, status == "preempted"))
+    finally:
+        # waits for a pending asynchronous save, also when the run stops on an error
+        checkpointer.close()
 
     export = None
     if status == "completed" and config.export.hf:

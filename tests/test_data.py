@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from ncjax import data, parallel
+from ncjax import data, masking, parallel
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def _batch(rng, b, length):
 
 
 def _mask(key, ids, att, p=0.15, cap=20):
-    return data.mask_tokens(key, jnp.asarray(ids), jnp.asarray(att), special_ids=SPECIALS, mask_id=MASK_ID,
+    return masking.mask_tokens(key, jnp.asarray(ids), jnp.asarray(att), special_ids=SPECIALS, mask_id=MASK_ID,
                             vocab_size=VOCAB, probability=p, max_predictions=cap)
 
 
@@ -207,8 +208,8 @@ def test_mask_tokens_cap_keeps_smallest_draws():
         sel_full = set(full["positions"][r][full["weights"][r] > 0].tolist())
         sel_cap = set(capped["positions"][r][capped["weights"][r] > 0].tolist())
         assert sel_cap <= sel_full and len(sel_cap) == min(4, len(sel_full))
-    assert data.default_max_predictions(128, 0.15) == 36
-    assert data.default_max_predictions(256, 0.15) >= 0.15 * 256
+    assert masking.default_max_predictions(128, 0.15) == 36
+    assert masking.default_max_predictions(256, 0.15) >= 0.15 * 256
 
 
 def test_masking_is_identical_across_device_counts():

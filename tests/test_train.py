@@ -88,6 +88,7 @@ def base_config(corpus, tiny_bert_dir):
     c = _load_config("tiny")
     c.model.path = str(tiny_bert_dir)
     c.data.path = str(corpus)
+    c.data.cache_dir = str(corpus.parent / "cache")  # tokenise once for every run here
     c.train.num_steps = STEPS
     c.checkpoint.every_steps = EVERY
     c.log.progress = "off"
@@ -135,11 +136,38 @@ workdir = sys.argv[2]
 """
 
 
+_STARTED: list = []
+
+
 def _subprocess(code: str, config, workdir, env=None) -> subprocess.Popen:
     script = _SUBPROCESS_PRELUDE + code
-    return subprocess.Popen([sys.executable, "-c", script, config.to_json(), str(workdir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **_CACHE_ENV, **(env or {})}, cwd=REPO)
+    log_path = Path(str(workdir) + f".{len(_STARTED)}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as out:  # a file, not a pipe: a chatty child can never block on it
+        proc = subprocess.Popen([sys.executable, "-c", script, config.to_json(), str(workdir)],
+                                stdout=out, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, **_CACHE_ENV, **(env or {})}, cwd=REPO)
+    proc.log_path = log_path
+    _STARTED.append(proc)
+    return proc
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> str:
+    """Waits for the process and returns its output."""
+    proc.wait(timeout=timeout)
+    return proc.log_path.read_text()
+
+
+@pytest.fixture(autouse=True)
+def _reap_subprocesses():
+    """A failed or timed-out test leaves no training process behind (SIGKILL: multi-process JAX
+    catches SIGTERM)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # ----------------------------------------------------------------------------- the reference run
@@ -233,7 +261,7 @@ logs.MetricWriter.write = write_then_die
 train_and_evaluate(config, workdir)
 """
     proc = _subprocess(code, base_config, workdir)
-    out, _ = proc.communicate(timeout=240)
+    out = _finish(proc, 240)
     assert proc.returncode == -signal.SIGKILL, out[-3000:]
     with Checkpointer(workdir / "checkpoints") as ck:
         assert ck.latest_step() == EVERY
@@ -268,10 +296,10 @@ sys.exit(0 if result["status"] in ("completed", "preempted") else 3)
     metrics = workdir / "metrics.jsonl"
     t = time.time()
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.time() - t < 240, proc.stdout.read()[-3000:] if proc.poll() else "timeout"
+        assert proc.poll() is None and time.time() - t < 240, proc.log_path.read_text()[-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    out = _finish(proc, 120)
     assert proc.returncode == 0, out[-3000:]
     result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert result["status"] == "preempted" and 3 <= result["step"] < STEPS
@@ -304,7 +332,7 @@ print("RESULT", jax.process_index(), jax.process_count(), len(jax.devices()), js
         c = _copy(base_config, **{"parallel.distributed": "on", "parallel.coordinator_address": f"127.0.0.1:{port}",
                                   "parallel.num_processes": 2, "parallel.process_id": pid})
         procs.append(_subprocess(code, c, workdir, env=env))
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = [_finish(p, 300) for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     for pid, out in enumerate(outs):
@@ -410,7 +438,7 @@ def _fake_output(rng, b, length, p, h):
 ])
 def test_penalty_inputs_select_features_and_classes(positions, features, labels, shift):
     """What the NC3 statistics read, against numpy gathers of the same arrays."""
-    from ncjax.train import PenaltySpec, _penalty_inputs
+    from ncjax.step import PenaltySpec, _penalty_inputs
 
     rng = np.random.default_rng(0)
     b, length, p, h = 3, 6, 2, 4
@@ -458,19 +486,20 @@ def test_variant_steps_trace(variant, base_config, tiny_bert_dir):
     """The :batch and :no_nc3 recipes build a step that traces to the expected outputs."""
     from flax import nnx
 
-    from ncjax import convert, parallel, train
+    from ncjax import convert, parallel
+    from ncjax import step as step_lib
 
     c = _load_config(variant)
     c.penalty.positions = "masked" if variant == "batch" else c.penalty.positions
-    model, cfg = convert.load_model(tiny_bert_dir)
+    model, _ = convert.load_model(tiny_bert_dir)
     graphdef, params = nnx.split(model)
     params = nnx.to_pure_dict(params)
     mesh = parallel.make_mesh(0)
-    schedule = train.make_schedule(c.optim, 10)
-    tx = train.make_optimizer(c.optim, schedule)
-    spec = train.PenaltySpec.from_config(c.penalty)
-    step = train.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=0,
-                                 masking=train.MaskSpec((0, 2, 3, 4), 4, 54, 0.15, 6), penalty_spec=spec,
+    schedule = step_lib.make_schedule(c.optim, 10)
+    tx = step_lib.make_optimizer(c.optim, schedule)
+    spec = step_lib.PenaltySpec.from_config(c.penalty)
+    step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=0,
+                                 masking=step_lib.MaskSpec((0, 2, 3, 4), 4, 54, 0.15, 6), penalty_spec=spec,
                                  class_ids=np.array([5, 6, 7, 8]), dropout=True)
     shape = jax.ShapeDtypeStruct
     state = {"step": shape((), np.int32), "params": jax.tree.map(lambda x: shape(x.shape, x.dtype), params)}
@@ -478,7 +507,7 @@ def test_variant_steps_trace(variant, base_config, tiny_bert_dir):
     if spec.alpha > 0:
         state["penalty"] = {"sums": shape((4, 32), np.float32), "counts": shape((4,), np.float32)}
     batch = {"input_ids": shape((8, 16), np.int32), "attention_mask": shape((8, 16), np.int32)}
-    new_state, metrics = jax.eval_shape(step, state, batch)
+    new_state, metrics = jax.eval_shape(step_fn, state, batch)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert set(metrics) == {"loss", "mlm", "nc3", "nc3_valid", "nc3_classes", "grad_norm", "lr", "masked_tokens",
                             "tokens"}
