@@ -1,6 +1,7 @@
 """Data pipeline: sentence splitting, counterfactuals, reading and caching, the sampler, and MLM
 masking (checked against its definition in numpy, and across device counts)."""
 
+import functools
 import json
 
 import jax
@@ -167,9 +168,10 @@ def _batch(rng, b, length):
     return ids, att
 
 
+@functools.partial(jax.jit, static_argnames=("p", "cap"))
 def _mask(key, ids, att, p=0.15, cap=20):
     return masking.mask_tokens(key, jnp.asarray(ids), jnp.asarray(att), special_ids=SPECIALS, mask_id=MASK_ID,
-                            vocab_size=VOCAB, probability=p, max_predictions=cap)
+                               vocab_size=VOCAB, probability=p, max_predictions=cap)
 
 
 def test_mask_tokens_follows_the_bert_recipe():
@@ -213,14 +215,14 @@ def test_mask_tokens_cap_keeps_smallest_draws():
 
 
 def test_masking_is_identical_across_device_counts():
-    """Masks drawn inside a jitted function with the batch sharded over 8, 2 or 1 devices."""
+    """Masks drawn inside a jitted function with the batch sharded over 8 devices or on 1."""
     rng = np.random.default_rng(2)
     ids, att = _batch(rng, 16, 24)
     results = []
-    for n in (8, 2, 1):
+    for n in (8, 1):
         mesh = parallel.make_mesh(n)
         sharding = NamedSharding(mesh, P("data"))
-        f = jax.jit(lambda k, i, a: _mask(k, i, a), in_shardings=(None, sharding, sharding))
+        f = jax.jit(lambda k, i, a: _mask(k, i, a), in_shardings=(None, sharding, sharding))  # noqa: B023
         key = jax.random.fold_in(jax.random.PRNGKey(42), 5)
         out = f(key, jax.device_put(ids, sharding), jax.device_put(att, sharding))
         results.append(jax.tree.map(np.asarray, out))

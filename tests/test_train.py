@@ -9,6 +9,7 @@ over 127.0.0.1 with CPU collectives (same losses as one process with the same gl
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -240,6 +241,14 @@ def test_one_device_matches_eight(base_config, reference, tmp_path):
     _, b = _state(workdir)
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
         np.testing.assert_allclose(x, y, atol=1e-4)
+
+    # A checkpoint written on 8 devices resumes on 1 (restored through the 1-device shardings).
+    moved = tmp_path / "moved"
+    shutil.copytree(reference[0] / "checkpoints" / "8", moved / "checkpoints" / "8")
+    _run(_copy(base_config, **{"parallel.num_devices": 1}), moved)
+    resumed = _losses(moved, "loss")
+    assert [s for s, _ in resumed] == list(range(9, STEPS + 1))
+    np.testing.assert_allclose([v for _, v in resumed], [v for _, v in ref][8:], rtol=LOSS_RTOL)
 
 
 def test_sigkill_then_rerun_is_bit_identical(base_config, reference, tmp_path):
