@@ -53,7 +53,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         for test, r in results["seat"].items():
             if test == "avg_abs_effect_size":
                 continue
-            out.append(("SEAT", test, f"effect size {_f(r['effect_size'], 3)} · p {_f(r['p_value'], 4)}"))
+            p = "–" if r["p_value"] is None else f"{r['p_value']:.3g}"
+            out.append(("SEAT", test, f"effect size {_f(r['effect_size'], 3)} · p {p}"))
         out.append(("SEAT", "mean abs effect size", _f(results["seat"]["avg_abs_effect_size"], 3)))
     if "becpro" in results:
         b = results["becpro"]

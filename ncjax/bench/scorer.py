@@ -11,15 +11,17 @@ The base class does what makes scoring fast and is shared by both backends: iden
 are run once (StereoSet's first-piece inputs are the same for all three candidates, WinoBias's
 pro and anti sentences are the same once the pronoun is masked, BEC-Pro repeats each masked
 sentence for every person word with the same determiner), rows are sorted by length and cut
-into batches, and each batch is padded to a multiple of `length_multiple` with attention mask 0
-(so padding never changes a score beyond float rounding). Backends only implement two batch
+into batches, and each batch is padded with attention mask 0 to its longest row rounded up to a
+multiple of `length_multiple`, or, when that is None, to the next length of `LENGTH_LADDER` (so
+padding never changes a score beyond float rounding). Backends only implement two batch
 functions over padded int arrays. Every token a query gives is attended; padding added here
 never is.
 
 Backends:
 - `JaxScorer`: an ncjax `BertForMaskedLM`; jitted functions of (state, inputs) with fixed batch
-  rows, lengths rounded to `length_multiple` and the target axis rounded to 4, so a whole
-  evaluation compiles a handful of times; MLM logits are computed only at the read positions.
+  rows, lengths on `LENGTH_LADDER` and the target axis rounded to 4, so a whole evaluation
+  compiles a handful of times (about six shapes per function for the bundled data); MLM logits
+  are computed only at the read positions; float32 matmuls (no TF32) to match the reference.
 - `TorchScorer`: any Hugging Face masked-LM directory through transformers, batched under
   `torch.inference_mode`; the MLM head is applied only at the read positions when the model
   exposes it (`cls` for BERT, `lm_head` for RoBERTa-style models), else full logits are gathered.
@@ -27,6 +29,7 @@ Backends:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -65,8 +68,22 @@ class Progress(Protocol):
     def refresh(self) -> Any: ...
 
 
+# Padded lengths for fixed-shape backends: fine steps where benchmark sentences are (8-40 tokens),
+# coarse above, so padding stays near 25 % of the tokens while few shapes are compiled.
+LENGTH_LADDER = (8, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 448, 512)
+
+
 def _round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
+
+
+def padded_length(n: int, multiple: int | None, max_length: int) -> int:
+    """n rounded up to a multiple of `multiple`, or to the next LENGTH_LADDER entry (None)."""
+    if multiple is None:
+        up = next((x for x in LENGTH_LADDER if x >= n), _round_up(n, 64))
+    else:
+        up = _round_up(n, multiple)
+    return max(n, min(up, max_length))
 
 
 class Scorer:
@@ -77,7 +94,7 @@ class Scorer:
       vocab_size: rows of the model's decoder; must equal len(tokenizer).
       max_length: the model's max_position_embeddings; longer inputs are an error.
       batch_size: rows per forward pass.
-      length_multiple: padded lengths are rounded up to this multiple.
+      length_multiple: padded lengths are rounded up to this multiple; None: to LENGTH_LADDER.
       fixed_batch: pad every batch to exactly batch_size rows (fixed shapes for jit).
       source: shown in error messages (the model directory).
     """
@@ -90,7 +107,7 @@ class Scorer:
         vocab_size: int,
         max_length: int,
         batch_size: int = 64,
-        length_multiple: int = 16,
+        length_multiple: int | None = None,
         fixed_batch: bool = False,
         source: str = "model",
     ):
@@ -107,7 +124,7 @@ class Scorer:
         self.vocab_size = int(vocab_size)
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
-        self.length_multiple = int(length_multiple)
+        self.length_multiple = length_multiple
         self.fixed_batch = fixed_batch
         self.source = source
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -116,7 +133,8 @@ class Scorer:
     def _log_probs_batch(
         self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, targets: np.ndarray
     ) -> np.ndarray:
-        """ids, mask [B, L] int32; positions [B] int32; targets [B, T] int32 -> log-probs [B, T] float32."""
+        """ids, mask [B, L] int32; positions [B] int32; targets [B, T] int32 -> log-probs [B, T] float32
+        (any array numpy can read; it may still be computing)."""
         raise NotImplementedError
 
     def _mean_hidden_batch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -139,7 +157,7 @@ class Scorer:
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             longest = max(lengths[i] for i in rows)
-            yield rows, min(_round_up(longest, self.length_multiple), max(self.max_length, longest))
+            yield rows, padded_length(longest, self.length_multiple, self.max_length)
 
     def _pack(self, seqs: Sequence[Sequence[int]], rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         n = self.batch_size if self.fixed_batch else len(rows)
@@ -190,6 +208,15 @@ class Scorer:
         n_targets = _round_up(max((len(t) for t in row_targets), default=1), 4)
         values = [np.zeros(len(t), dtype=np.float32) for t in row_targets]
         self._start_progress(progress, len(row_seqs))
+
+        def store(rows: np.ndarray, out: Any) -> None:
+            out = np.asarray(out)
+            for r, i in enumerate(rows):
+                values[i] = out[r, : len(row_targets[i])]
+            if progress is not None:
+                progress.update(len(rows))
+
+        pending: collections.deque = collections.deque()
         for rows, length in self._batches([len(s) for s in row_seqs]):
             ids, mask = self._pack(row_seqs, rows, length)
             pos = np.zeros(ids.shape[0], dtype=np.int32)
@@ -198,11 +225,12 @@ class Scorer:
                 pos[r] = row_pos[i]
                 tids = list(row_targets[i])
                 tgt[r, : len(tids)] = tids
-            out = np.asarray(self._log_probs_batch(ids, mask, pos, tgt))
-            for r, i in enumerate(rows):
-                values[i] = out[r, : len(row_targets[i])]
-            if progress is not None:
-                progress.update(len(rows))
+            # asynchronous backends compute batch k while batch k+1 is being packed
+            pending.append((rows, self._log_probs_batch(ids, mask, pos, tgt)))
+            if len(pending) > 1:
+                store(*pending.popleft())
+        while pending:
+            store(*pending.popleft())
         result = []
         for q, s in zip(queries, slots):
             r = row_of[(tuple(q.token_ids), int(q.position))]
@@ -226,17 +254,20 @@ class Scorer:
                 row_of[key] = len(uniq)
                 uniq.append(key)
         self._start_progress(progress, len(uniq))
-        out: np.ndarray | None = None
+        parts: list[tuple[np.ndarray, Any]] = []
         for rows, length in self._batches([len(s) for s in uniq]):
             ids, mask = self._pack(uniq, rows, length)
-            h = np.asarray(self._mean_hidden_batch(ids, mask), dtype=np.float32)
+            parts.append((rows, self._mean_hidden_batch(ids, mask)))  # asynchronous for jax
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        out: np.ndarray | None = None
+        for rows, h in parts:
+            h = np.asarray(h, dtype=np.float32)
             if out is None:
                 out = np.zeros((len(uniq), h.shape[1]), dtype=np.float32)
             out[rows] = h[: len(rows)]
             if progress is not None:
                 progress.update(len(rows))
-        if out is None:
-            return np.zeros((0, 0), dtype=np.float32)
         return out[[row_of[tuple(int(t) for t in s)] for s in sequences]]
 
 
@@ -251,7 +282,7 @@ class JaxScorer(Scorer):
         config: Any,
         tokenizer: Any,
         batch_size: int = 64,
-        length_multiple: int = 16,
+        length_multiple: int | None = None,
         source: str = "model",
     ):
         super().__init__(
@@ -270,30 +301,35 @@ class JaxScorer(Scorer):
         graphdef, state = nnx.split(model)
         self._state = state
 
+        # Reference scores come from full-float32 PyTorch matmuls; XLA's default float32 matmul on
+        # GPUs is TF32, which moves scores by ~1e-3 and flips CrowS-Pairs' 3-decimal ties. Pin it.
         def log_probs(state, ids, mask, positions, targets):
-            m = nnx.merge(graphdef, state)
-            out = m(ids, mask, None, positions=positions[:, None])
-            logp = jax.nn.log_softmax(out.logits[:, 0, :].astype(jnp.float32), axis=-1)  # [B, V]
-            return jnp.take_along_axis(logp, targets, axis=1)  # [B, T]
+            with jax.default_matmul_precision("float32"):
+                m = nnx.merge(graphdef, state)
+                out = m(ids, mask, None, positions=positions[:, None])
+                logp = jax.nn.log_softmax(out.logits[:, 0, :].astype(jnp.float32), axis=-1)  # [B, V]
+                return jnp.take_along_axis(logp, targets, axis=1)  # [B, T]
 
         def mean_hidden(state, ids, mask):
-            m = nnx.merge(graphdef, state)
-            h = m(ids, mask, None, with_logits=False).last_hidden.astype(jnp.float32)  # [B, L, H]
-            w = mask[..., None].astype(jnp.float32)
-            return (h * w).sum(axis=1) / w.sum(axis=1)  # [B, H]
+            with jax.default_matmul_precision("float32"):
+                m = nnx.merge(graphdef, state)
+                h = m(ids, mask, None, with_logits=False).last_hidden.astype(jnp.float32)  # [B, L, H]
+                w = mask[..., None].astype(jnp.float32)
+                return (h * w).sum(axis=1) / w.sum(axis=1)  # [B, H]
 
         self._log_probs_fn = jax.jit(log_probs)
         self._mean_hidden_fn = jax.jit(mean_hidden)
 
     def _log_probs_batch(self, ids, mask, positions, targets):
-        return np.asarray(self._log_probs_fn(self._state, ids, mask, positions, targets))
+        return self._log_probs_fn(self._state, ids, mask, positions, targets)  # a device array
 
     def _mean_hidden_batch(self, ids, mask):
-        return np.asarray(self._mean_hidden_fn(self._state, ids, mask))
+        return self._mean_hidden_fn(self._state, ids, mask)
 
 
 class TorchScorer(Scorer):
-    """Scores with a transformers masked LM (PyTorch), batched, under `torch.inference_mode`."""
+    """Scores with a transformers masked LM (PyTorch), batched, under `torch.inference_mode`, on
+    `device` (default: CUDA when available, as bias-bench does; float32 matmuls, no TF32)."""
 
     backend = "torch"
 
@@ -304,6 +340,7 @@ class TorchScorer(Scorer):
         batch_size: int = 64,
         length_multiple: int = 1,
         source: str = "model",
+        device: str | None = None,
     ):
         cfg = model.config
         super().__init__(
@@ -318,22 +355,23 @@ class TorchScorer(Scorer):
         import torch
 
         self._torch = torch
-        self._model = model.eval()
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._model = model.eval().to(self._device)
         self._head: Callable | None = getattr(model, "cls", None) or getattr(model, "lm_head", None)
 
     def _inputs(self, ids, mask):
         torch = self._torch
-        t_ids = torch.from_numpy(ids.astype(np.int64))
+        t_ids = torch.from_numpy(ids.astype(np.int64)).to(self._device)
         return dict(
             input_ids=t_ids,
-            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)).to(self._device),
             token_type_ids=torch.zeros_like(t_ids),
         )
 
     def _log_probs_batch(self, ids, mask, positions, targets):
         torch = self._torch
-        rows = torch.arange(ids.shape[0])
-        pos = torch.from_numpy(positions.astype(np.int64))
+        rows = torch.arange(ids.shape[0], device=self._device)
+        pos = torch.from_numpy(positions.astype(np.int64)).to(self._device)
         with torch.inference_mode():
             if self._head is not None:
                 hidden = self._model.base_model(**self._inputs(ids, mask)).last_hidden_state
@@ -341,15 +379,15 @@ class TorchScorer(Scorer):
             else:
                 logits = self._model(**self._inputs(ids, mask)).logits[rows, pos]
             logp = torch.log_softmax(logits.float(), dim=-1)
-            out = torch.gather(logp, 1, torch.from_numpy(targets.astype(np.int64)))
-        return out.numpy()
+            out = torch.gather(logp, 1, torch.from_numpy(targets.astype(np.int64)).to(self._device))
+        return out.cpu().numpy()
 
     def _mean_hidden_batch(self, ids, mask):
         torch = self._torch
         with torch.inference_mode():
             h = self._model.base_model(**self._inputs(ids, mask)).last_hidden_state.float()
-            w = torch.from_numpy(mask.astype(np.float32))[..., None]
-            return ((h * w).sum(dim=1) / w.sum(dim=1)).numpy()
+            w = torch.from_numpy(mask.astype(np.float32)).to(self._device)[..., None]
+            return ((h * w).sum(dim=1) / w.sum(dim=1)).cpu().numpy()
 
 
 def load_scorer(
@@ -367,7 +405,8 @@ def load_scorer(
     init_missing_head: initialise a missing MLM head from `seed` (e.g. a sentence encoder). The
       torch backend reads such models, and ncjax checkpoints, through ncjax and a temporary
       Hugging Face export, so both backends score the very same weights.
-    length_multiple: padded lengths are rounded up to this (default 16 for jax, 8 for torch).
+    length_multiple: padded lengths are rounded up to a multiple of this (default: LENGTH_LADDER
+      for jax, the longest row of each batch for torch).
     """
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
@@ -378,7 +417,7 @@ def load_scorer(
         m, config = load_model(model, init_missing_head=init_missing_head, seed=seed)
         return JaxScorer(
             m, config, load_tokenizer(model), batch_size=batch_size,
-            length_multiple=length_multiple or 16, source=str(model),
+            length_multiple=length_multiple, source=str(model),
         )
     try:
         import torch  # noqa: F401
@@ -393,8 +432,8 @@ def load_scorer(
         m, config = load_model(path, init_missing_head=init_missing_head, seed=seed)
         with tempfile.TemporaryDirectory(prefix="ncjax-bench-") as tmp:
             save_hf(m, config, Path(tmp) / "hf", tokenizer_src=path)
-            return _load_torch(Path(tmp) / "hf", batch_size, length_multiple or 8, source=str(model))
-    return _load_torch(path, batch_size, length_multiple or 8, source=str(model))
+            return _load_torch(Path(tmp) / "hf", batch_size, length_multiple or 1, source=str(model))
+    return _load_torch(path, batch_size, length_multiple or 1, source=str(model))
 
 
 def load_tokenizer(model: str | Path) -> Any:

@@ -65,18 +65,41 @@ def load_test(path: str | Path) -> dict[str, list[str]]:
 
 
 def encode(texts: Sequence[str], scorer: Scorer, progress: Progress | None = None) -> np.ndarray:
-    """L2-normalised mean-pooled last-layer encodings, float32 [len(texts), hidden]."""
+    """L2-normalised mean-pooled last-layer encodings, float32 [len(texts), hidden].
+
+    Each row is divided by its own float32 `np.linalg.norm`, as the reference does per sentence.
+    """
     seqs = [scorer.tokenizer(t)["input_ids"] for t in texts]
     enc = scorer.sentence_embeddings(seqs, progress=progress)
-    return enc / np.linalg.norm(enc, axis=1, keepdims=True)
+    return np.stack([e / np.linalg.norm(e) for e in enc]) if len(enc) else enc
+
+
+def cosines(W: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """cos(w, v) for all pairs, float64 [len(W), len(V)], computed as the reference computes them.
+
+    The reference takes float32 dot products (x.y, x.x, y.y) per pair and divides in float64;
+    a float64 matrix product differs in the 8th digit, enough to flip a near-tie permutation
+    sample and move a sampled p-value by 1 / n_samples. A few hundred thousand pairs take ~0.1 s.
+    """
+    W, V = np.asarray(W), np.asarray(V)
+    out = np.zeros((len(W), len(V)))
+    ww = [np.dot(w, w) for w in W]
+    vv = [np.dot(v, v) for v in V]
+    for i, w in enumerate(W):
+        for j, v in enumerate(V):
+            out[i, j] = float(np.dot(w, v)) / math.sqrt(float(ww[i] * vv[j]))
+    return out
 
 
 def association(X: np.ndarray, Y: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """s(w, A, B) for w in X then Y: float64 [len(X) + len(Y)]. Inputs are unit vectors [n, hidden]."""
-    XY = np.concatenate([X, Y]).astype(np.float64)
-    cos_a = XY @ A.astype(np.float64).T
-    cos_b = XY @ B.astype(np.float64).T
-    return cos_a.mean(axis=1) - cos_b.mean(axis=1)
+    """s(w, A, B) = mean_a cos(w, a) - mean_b cos(w, b) for w in X then Y: float64 [len(X) + len(Y)].
+
+    X, Y, A, B: unit vectors [n_set, hidden].
+    """
+    cos = cosines(np.concatenate([X, Y]), np.concatenate([A, B]))
+    a_cols = np.arange(len(A))
+    b_cols = np.arange(len(A), len(A) + len(B))
+    return cos[:, a_cols].mean(axis=1) - cos[:, b_cols].mean(axis=1)
 
 
 def effect_size(s: np.ndarray, n: int) -> float | None:
