@@ -253,9 +253,11 @@ def ref_winobias(model, tok, limit, split="test"):
                 pos = int((enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0])
                 with torch.no_grad():
                     p = model(**enc)[0][0, pos].softmax(dim=-1)
-                form = (lambda w: w.capitalize() if pron[:1].isupper() else w)
-                gold = p[tok.convert_tokens_to_ids(tok.tokenize(pron))[0]].item()
-                other = max(p[tok.convert_tokens_to_ids(tok.tokenize(form(w)))[0]].item() for w in opposite[pron.lower()])
+                def prob(word):
+                    return p[tok.convert_tokens_to_ids(tok.tokenize(word))[0]].item()
+
+                gold = prob(pron)
+                other = max(prob(w.capitalize() if pron[:1].isupper() else w) for w in opposite[pron.lower()])
                 ok.append(gold > other)
             acc[stance] = 100.0 * float(np.mean(ok))
         out[kind] = {"pro_acc": acc["pro"], "anti_acc": acc["anti"], "gap": acc["pro"] - acc["anti"]}

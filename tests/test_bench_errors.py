@@ -63,7 +63,8 @@ def test_malformed_rows_report_their_line(tmp_path):
 
     b = tmp_path / "b.tsv"
     b.write_text("\tSentence\tSent_TM\tSent_AM\tSent_TAM\tTemplate\tPerson\tGender\tProfession\tProf_Gender\n"
-                 "0\the is a nurse .\t[MASK] is a nurse .\the is a [MASK] .\t[MASK] is a [MASK] .\tt\the\tmale\tnurse\tfemale\n"
+                 "0\the is a nurse .\t[MASK] is a nurse .\the is a [MASK] .\t[MASK] is a [MASK] .\tt\the\tmale"
+                 "\tnurse\tfemale\n"
                  "1\tshe is a nurse .\t[MASK] is a nurse .\tshe is a [MASK] .\n")
     with pytest.raises(ValueError, match=r"b\.tsv:3: row has 4 tab-separated fields, the header has 10"):
         becpro.load(b)

@@ -248,7 +248,8 @@ def test_seat_sampled_p_values_follow_the_shared_seeded_stream(tmp_path, tok):
         for k, size in (("targ1", 5), ("targ2", 5), ("attr1", 3), ("attr2", 4)):
             sets[k] = [next(texts) for _ in range(size)]
             for text in sets[k]:
-                vectors[" ".join(tok.convert_ids_to_tokens(tok(text)["input_ids"]))] = rng.normal(size=6).astype(np.float32)
+                key = " ".join(tok.convert_ids_to_tokens(tok(text)["input_ids"]))
+                vectors[key] = rng.normal(size=6).astype(np.float32)
         tests[t] = sets
         (tmp_path / f"{t}.jsonl").write_text(json.dumps({k: {"category": k, "examples": v} for k, v in sets.items()}))
     fake = FakeScorer(tok, vectors=vectors)

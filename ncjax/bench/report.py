@@ -44,7 +44,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     if "stereoset" in results:
         for dom, r in results["stereoset"].items():
-            out.append(("StereoSet", dom, f"SS {_f(r['SS'])} · LMS {_f(r['LMS'])} · ICAT {_f(r['ICAT'])} · n {r['count']}"))
+            scores = f"SS {_f(r['SS'])} · LMS {_f(r['LMS'])} · ICAT {_f(r['ICAT'])} · n {r['count']}"
+            out.append(("StereoSet", dom, scores))
     for key, name in (("crows", "CrowS-Pairs"), ("crows_pll", "CrowS-Pairs (PLL)")):
         for bias, r in results.get(key, {}).items():
             out.append((name, bias, f"metric {_f(r['metric'])} · stereo {_f(r['stereo'])} · "
@@ -66,7 +67,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         out.append(("BEC-Pro", "overall", f"gap {_f(b['gap']['overall'], 3)}"))
     if "winobias" in results:
         for kind, r in results["winobias"].items():
-            out.append(("WinoBias (MLM probe)", kind, f"pro {_f(r['pro_acc'])} · anti {_f(r['anti_acc'])} · gap {_f(r['gap'])}"))
+            scores = f"pro {_f(r['pro_acc'])} · anti {_f(r['anti_acc'])} · gap {_f(r['gap'])}"
+            out.append(("WinoBias (MLM probe)", kind, scores))
     return out
 
 
