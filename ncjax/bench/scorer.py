@@ -437,17 +437,11 @@ def load_scorer(
 
 
 def load_tokenizer(model: str | Path) -> Any:
-    """The model directory's tokenizer through `AutoTokenizer` (tokenizer.json, tokenizer_config.json
-    or a bare vocab.txt), i.e. exactly what transformers-based reference code tokenises with."""
-    from transformers import AutoTokenizer
+    """The model's tokenizer, loaded as ncjax loads it (`ncjax.convert.load_tokenizer`: the
+    directory's tokenizer files, or a bare vocab.txt), for both backends."""
+    from ncjax.convert import load_tokenizer as _load
 
-    from ncjax.weights import resolve_source
-
-    path = resolve_source(model)
-    directory = path.parent if path.is_file() else path
-    if not any((directory / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
-        raise FileNotFoundError(f"{directory} has no tokenizer files (vocab.txt or tokenizer.json); copy them there.")
-    return AutoTokenizer.from_pretrained(str(directory))
+    return _load(model)
 
 
 def _load_torch(path: Path, batch_size: int, length_multiple: int, source: str) -> TorchScorer:
