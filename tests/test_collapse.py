@@ -1,5 +1,7 @@
 """NC statistics and metrics against plain-numpy formulas, streaming, blocking, 1 vs 8 devices."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,19 +179,8 @@ def test_class_subset_specs():
 
 # ----------------------------------------------------------------------------- measure()
 
-LINES = [
-    "he worked at the hospital .",
-    "she was a nurse and he was a doctor",
-    "the king and the queen",
-    "his father worked with her mother",
-    "the man is happy , the woman is sad",
-    "men and women worked in the hospital",
-    "the boy and the girl",
-    "him , her , it",
-    "she is a good engineer and he is a bad doctor",
-    "her mother was a queen",
-    "the queen was happy",
-]
+# Sentences in the tiny fixture vocabulary, dense in gendered words.
+LINES = (Path(__file__).parent / "fixtures" / "gender_lines.txt").read_text().splitlines()
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,7 @@ ISSUE_KEYS = (
     "nc1_cdnv", "nc1_cdnv_dist4", "nc2_equinorm_cov", "nc2_equiangular_std", "gnc2_log_kernel",
     "nc3_self_duality", "unc3_cos_std", "unc3_cos_cov", "nc4_ncc_agreement", "num_classes", "num_tokens",
 )
-LINES = [
-    "he worked at the hospital .",
-    "she was a nurse and he was a doctor",
-    "the king and the queen",
-    "his father worked with her mother",
-    "the man is happy , the woman is sad",
-    "men and women worked in the hospital",
-    "the boy and the girl",
-]
+LINES = (ROOT / "tests" / "fixtures" / "gender_lines.txt").read_text().splitlines()[:7]
 
 
 def _cli():
