@@ -4,7 +4,7 @@ Both run the same random bert-base-shaped weights (ncjax's are copied into the P
 on the same batch in one process, in float32, and report tokens/s and the ncjax / PyTorch ratio.
 Forward+backward is the gradient of the mean-squared MLM logits with respect to all parameters,
 with logits at every position in both (the same work). A third ncjax row computes logits only at
-15 % of positions (what ncjax's train step does; DESIGN.md "MLM logits only where they are scored").
+15 % of positions, what ncjax's train step does.
 
     python benchmarks/forward.py                 # bert-base shape, batch 8 x 128
     python benchmarks/forward.py --layers 2      # quicker smoke run

@@ -1,4 +1,4 @@
-"""Neural-collapse statistics over a vocabulary subset and the NC metrics (DESIGN.md section 5).
+"""Neural-collapse statistics over a vocabulary subset and the NC metrics (docs/collapse.md).
 
 Classes are token ids (a word set, every id seen in the corpus, or K random seen ids); a sample
 is a feature h [hidden] at a counted position paired with the class at the same position

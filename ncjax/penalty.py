@@ -1,6 +1,6 @@
 """The NC3 fairness regulariser of Xu et al. (ICLR 2025), as used inside the train step.
 
-Notation (DESIGN.md section 4): h_t is the feature at position t, y_t the class id paired
+Notation (docs/penalty.md): h_t is the feature at position t, y_t the class id paired
 with it, G the resolved word-set ids (K of them, in a fixed order), W[G] the decoder rows of
 those classes (the tied word embedding). For each class present so far:
 

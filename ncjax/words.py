@@ -1,4 +1,4 @@
-"""Fairness-sensitive word sets and their resolution to token ids (DESIGN.md section 3).
+"""Fairness-sensitive word sets and their resolution to token ids (docs/words.md).
 
 A `WordSet` is a name plus one or more sides of words (the bundled gender sets have a
 'female' and a 'male' side). `resolve(word_set, tokenizer, policy)` maps it to token ids:

@@ -18,7 +18,7 @@ def _nrm(a):
 
 
 def numpy_metrics(x, y, class_ids, w_full, min_count=1):
-    """Every metric of DESIGN.md section 5 from samples x [N, H], y [N], written out plainly."""
+    """Every metric of docs/collapse.md from samples x [N, H], y [N], written out plainly."""
     x = np.asarray(x, np.float64)
     cls = [g for g in class_ids if (y == g).sum() >= min_count]
     mu = np.stack([x[y == g].mean(0) for g in cls])
