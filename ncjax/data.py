@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _CACHE_VERSION = 1
 
 FORMATS = ("tsv", "csv", "jsonl", "text", "hub")
+PADDINGS = ("clean", "attended_mask")
 
 # ----------------------------------------------------------------------------- bundled files
 
@@ -218,6 +219,7 @@ class CorpusSpec:
     cda_attribute: str = "gender"
     max_length: int = 128  # 0: smallest power of two >= the longest text in words (the BEC rule)
     min_words: int = 1
+    padding: str = "clean"  # or "attended_mask": BEC's [MASK] padding with attention 1
 
 
 def spec_from_config(data_config: Any) -> CorpusSpec:
@@ -250,6 +252,8 @@ def check_corpus(spec: CorpusSpec) -> tuple[str, str, str]:
                                 "or text file (or bundled:gap_flipped).")
     if spec.cda not in ("none", "two_sided"):
         raise ValueError(f"data.cda {spec.cda!r} is not 'none' or 'two_sided'.")
+    if spec.padding not in PADDINGS:
+        raise ValueError(f"data.padding {spec.padding!r} is not one of {', '.join(map(repr, PADDINGS))}.")
     if spec.max_length < 0 or spec.max_length == 1 or spec.max_length == 2:
         raise ValueError(f"data.max_length {spec.max_length} is too small; use 0 (auto) or at least 3.")
     return (spec.path if fmt == "hub" else str(path)), fmt, field
@@ -279,16 +283,21 @@ def auto_max_length(texts: Sequence[str], limit: int) -> int:
     return int(min(2 ** math.ceil(math.log2(max(longest, 2))), limit))
 
 
-def tokenize(texts: Sequence[str], tokenizer, max_length: int) -> dict[str, np.ndarray]:
+def tokenize(texts: Sequence[str], tokenizer, max_length: int, padding: str = "clean") -> dict[str, np.ndarray]:
     """Texts -> {'input_ids', 'attention_mask'}: [num_texts, max_length] int32 each.
 
-    [CLS] text [SEP], truncated to max_length and padded with the pad id."""
+    [CLS] text [SEP], truncated to max_length. padding 'clean': padded with the pad id and
+    attention 0. 'attended_mask' (what the released BEC code did): padded with [MASK] ids and
+    attention 1 everywhere, so the model attends to the padding and, with NC3 on the last layer,
+    the padding positions enter the class statistics like any token."""
     enc = tokenizer(list(texts), max_length=max_length, truncation=True, padding="max_length",
                     return_attention_mask=True, return_token_type_ids=False)
-    return {
-        "input_ids": np.asarray(enc["input_ids"], np.int32),
-        "attention_mask": np.asarray(enc["attention_mask"], np.int32),
-    }
+    ids = np.asarray(enc["input_ids"], np.int32)
+    mask = np.asarray(enc["attention_mask"], np.int32)
+    if padding == "attended_mask":
+        ids = np.where(mask > 0, ids, np.int32(tokenizer.mask_token_id)).astype(np.int32)
+        mask = np.ones_like(mask)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def load_corpus(spec: CorpusSpec, tokenizer, *, cache_dir: str | os.PathLike,
@@ -317,7 +326,7 @@ def load_corpus(spec: CorpusSpec, tokenizer, *, cache_dir: str | os.PathLike,
     if length > position_limit:
         raise ValueError(f"data.max_length {length} exceeds the model's max_position_embeddings "
                          f"{position_limit}; lower data.max_length.")
-    arrays = tokenize(texts, tokenizer, length)
+    arrays = tokenize(texts, tokenizer, length, spec.padding)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=file.name, suffix=".tmp.npz", dir=cache_dir)
     os.close(fd)
