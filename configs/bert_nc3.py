@@ -1,4 +1,6 @@
-r"""MLM fine-tuning of BERT with the NC3 fairness regulariser (Xu et al., ICLR 2025).
+r"""BEC + NC3: MLM fine-tuning of BERT on GAP-flipped with the NC3 fairness regulariser
+(Xu et al., ICLR 2025). Source: Fairness-NC (github:Xujxyang/Fairness-NC-main, bec/), after
+Bartl et al. (2020, github:marionbartl/gender-bias-BERT).
 
 Default: the paper's BEC recipe, which reproduces the "BEC + NC3" fine-tuning of the released
 code (Fairness-NC, bec/code/main_nc.py): bert-base-uncased, masked-LM fine-tuning on the
@@ -16,6 +18,15 @@ Variants (whole recipes; single values are overrides such as --config.penalty.al
            token (no next-token shift), features are the MLM-transform output (the decoder's
            input), statistics of the current global batch, gradients through the means.
                python launch/train.py --config configs/bert_nc3.py:batch --workdir runs/bec_nc3_batch
+  :attended_mask  the released input pipeline: every row padded to the power of two with
+           *attended* [MASK] tokens (attention 1), which the model then reads and which, with the
+           next-token pairing, enter the NC3 statistics paired with the [MASK] id. The default
+           pads with [PAD] at attention 0 (a deliberate difference: padding must not change a
+           sentence's features).
+               python launch/train.py --config configs/bert_nc3.py:attended_mask --workdir runs/bec_nc3_released
+  :cased   bert-base-cased (28996-token cased vocabulary), the model the released BEC + NC3
+           script is wired for; the word set resolves under the cased tokenizer.
+               python launch/train.py --config configs/bert_nc3.py:cased --workdir runs/bec_nc3_cased
   :no_nc3  the baseline: the same fine-tuning with alpha 0 (BEC alone; the penalty is not computed).
                python launch/train.py --config configs/bert_nc3.py:no_nc3 --workdir runs/bec
   :minilm  offline demo on a laptop CPU (a few minutes): the all-MiniLM-L6-v2 encoder shipped by
@@ -36,30 +47,24 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("paper", "batch", "attended_mask", "cased") + common.SHARED_VARIANTS
 
 
-def base() -> ml_collections.ConfigDict:
-    """The paper's BEC + NC3 recipe (the shared defaults)."""
-    return common.base()
+def _batch(c: ml_collections.ConfigDict) -> None:
+    c.penalty.mode = "batch"
+    c.penalty.label_shift = 0
+    c.penalty.labels = "original"
+    c.penalty.features = "mlm_transform"
+    c.penalty.positions = "all"
+
+
+OWN = {
+    "batch": _batch,
+    "attended_mask": lambda c: setattr(c.data, "padding", "attended_mask"),
+    "cased": lambda c: setattr(c.model, "path", "bert-base-cased"),
+}
+VARIANTS = ("paper", *OWN, *common.SHARED_VARIANTS)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config of `configs/bert_nc3.py[:variant]`; see the module docstring for the variants."""
-    variant = arg or "paper"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/bert_nc3.py has no variant {variant!r}; use one of {', '.join(VARIANTS)}.")
-    c = base()
-    if variant == "batch":
-        c.penalty.mode = "batch"
-        c.penalty.label_shift = 0
-        c.penalty.labels = "original"
-        c.penalty.features = "mlm_transform"
-        c.penalty.positions = "all"
-    elif variant == "attended_mask":
-        c.data.padding = "attended_mask"
-    elif variant == "cased":
-        c.model.path = "bert-base-cased"
-    elif variant in common.SHARED_VARIANTS:
-        common.variant(c, variant)
-    return c
+    return common.recipe("bert_nc3.py", arg, common.base, OWN)

@@ -11,6 +11,8 @@ applies `variant(c, name)` for the shared variants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import ml_collections
 
 SHARED_VARIANTS = ("no_nc3", "minilm", "tiny")
@@ -29,6 +31,8 @@ def base() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
     c.model.remat = False  # recompute each layer in the backward pass (saves memory)
     c.model.dropout = True  # dropout as in the model config (off: deterministic forward)
+    c.model.hidden_dropout = -1.0  # hidden dropout probability; negative = the checkpoint's config.json
+    c.model.attention_dropout = -1.0  # attention dropout probability; negative = the checkpoint's
 
     c.loss = ml_collections.ConfigDict()
     c.loss.terms = ("mlm", "nc3")  # modules of ncjax/terms; loss = sum of each term's weight * value
@@ -113,6 +117,7 @@ def variant(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDic
         c.model.init_missing_head = True
         c.model.head_source = ""  # a trained head for the demo encoder can be named here
         c.data.max_length = 64
+        c.train.batch_size = 16
         c.train.num_steps = 120
         c.train.log_every_steps = 10
         c.checkpoint.every_steps = 60
@@ -129,6 +134,23 @@ def variant(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDic
         c.penalty.alpha = 1.0 if c.penalty.alpha > 0 else 0.0
     else:
         raise ValueError(f"no shared variant {name!r}; use one of {', '.join(SHARED_VARIANTS)}.")
+    return c
+
+
+def recipe(file: str, arg: str | None, paper: Callable[[], ml_collections.ConfigDict],
+           own: dict[str, Callable[[ml_collections.ConfigDict], None]] | None = None) -> ml_collections.ConfigDict:
+    """The config `file[:arg]`: `paper()` (the recipe as published), then the variant `arg`,
+    one of the recipe's `own` variants (functions editing the config in place) or a shared one."""
+    own = own or {}
+    name = arg or "paper"
+    names = ("paper", *own, *SHARED_VARIANTS)
+    if name not in names:
+        raise ValueError(f"configs/{file} has no variant {name!r}; use one of {', '.join(names)}.")
+    c = paper()
+    if name in own:
+        own[name](c)
+    elif name != "paper":
+        variant(c, name)
     return c
 
 

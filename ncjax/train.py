@@ -127,6 +127,18 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _model_overrides(m: Any) -> dict[str, float]:
+    """Dropout probabilities that replace the checkpoint's (a negative value keeps it)."""
+    out = {}
+    for key, field in (("hidden_dropout", "hidden_dropout_prob"), ("attention_dropout", "attention_probs_dropout_prob")):
+        value = float(m.get(key, -1.0))
+        if value >= 1.0:
+            raise ValueError(f"config model.{key}={value} must be below 1 (negative: keep the checkpoint's).")
+        if value >= 0:
+            out[field] = value
+    return out
+
+
 def _replace_head(model, head_source: str, config) -> None:
     donor, donor_config = convert.load_model(check_model_source(head_source, "model.head_source"))
     if (donor_config.hidden_size, donor_config.vocab_size) != (config.hidden_size, config.vocab_size):
@@ -212,7 +224,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
 
     model, model_config = convert.load_model(
         model_src, init_missing_head=config.model.init_missing_head, seed=config.seed,
-        dtype=_DTYPES[config.model.dtype], remat=config.model.remat,
+        dtype=_DTYPES[config.model.dtype], remat=config.model.remat, overrides=_model_overrides(config.model),
     )
     if config.model.head_source:
         _replace_head(model, config.model.head_source, model_config)
