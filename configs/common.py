@@ -41,7 +41,8 @@ def base() -> ml_collections.ConfigDict:
     c.mlm.weight = 1.0  # weight of the masked-LM term (0: off)
 
     c.data = ml_collections.ConfigDict()
-    c.data.schema = "sequences"  # batch layout: 'sequences' (one text per row)
+    c.data.schema = "sequences"  # batch layout: 'sequences' (one text per row) or 'ase' (ncjax/schemas.py)
+    c.data.neutral_words = "bundled:ase_neutral"  # ase schema: the neutral words the orthogonality term reads
     c.data.path = "bundled:gap_flipped"  # bundled:NAME, a tsv/csv/jsonl/text file, or a hub dataset
     c.data.format = ""  # '' = from the suffix (hub for a name that is not a file); tsv|csv|jsonl|text|hub
     c.data.text_field = "Text"  # column (tsv/csv, hub) or field (jsonl) holding the text
@@ -69,6 +70,16 @@ def base() -> ml_collections.ConfigDict:
     c.penalty.positions = "all"  # 'all' real tokens or only 'masked' positions (needs label_shift 0)
     c.penalty.ema = 0.0  # batch mode: EMA of class sums across steps (0 = current batch only)
     c.penalty.stop_gradient_mu = False  # batch mode: stop gradients into the class means
+
+    # Blocks of the terms a recipe may list in loss.terms (read only when listed).
+    c.orthogonal = ml_collections.ConfigDict()
+    c.orthogonal.weight = 1.0  # ASE's lambda: weight * sum |<neutral h, gender direction>|
+    c.orthogonal.word_set = "gender-gnglove"  # the lists the gender direction is computed from
+
+    c.ewc = ml_collections.ConfigDict()
+    c.ewc.weight = 0.5  # ASE's importance: weight * sum F (theta - theta*)^2
+    c.ewc.fisher = "released"  # 'released' (gradients accumulated across lines) or 'textbook'
+    c.ewc.lines = "bundled:winobias_type1_test"  # or 'PRO_FILE,ANTI_FILE' in WinoBias format
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 2e-5

@@ -355,13 +355,12 @@ class Sampler:
 
 
 def gather_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, pad_id: int = 0) -> dict[str, np.ndarray]:
-    """Rows `idx` of every array ([len(idx), length]); index -1 gives a padding row
-    (pad ids, attention 0), which contributes nothing to any loss."""
+    """Rows `idx` of every array ([len(idx), ...]); index -1 gives a padding row (pad ids,
+    attention 0, no MLM label, zero weights), which contributes nothing to any loss."""
     out = {}
     safe = np.where(idx < 0, 0, idx)
     for k, a in arrays.items():
         rows = a[safe]
-        fill = pad_id if k == "input_ids" else 0
-        rows[idx < 0] = fill
+        rows[idx < 0] = {"input_ids": pad_id, "mlm_labels": -100}.get(k, 0)
         out[k] = rows
     return out

@@ -88,7 +88,8 @@ def make_train_step(
         term_states = state.get("terms", {})
 
         def loss_fn(params):
-            ctx = terms_lib.Context(nnx.merge(graphdef, params), batch, step, seed=seed, dropout=dropout)
+            ctx = terms_lib.Context(nnx.merge(graphdef, params), batch, step, seed=seed, dropout=dropout,
+                                    params=params)
             total = jnp.zeros((), jnp.float32)
             new_states, metrics = {}, {}
             for term in terms:

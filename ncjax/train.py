@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from ncjax import checkpoint as ckpt_lib
-from ncjax import convert, data, logs, parallel, weights
+from ncjax import convert, data, logs, parallel, schemas, weights
 from ncjax import step as step_lib
 from ncjax import terms as terms_lib
 
@@ -189,8 +189,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     pc = config.parallel
     parallel.initialize_distributed(pc.distributed, pc.coordinator_address, pc.num_processes, pc.process_id)
     check_config(config)
-    spec = data.spec_from_config(config.data)
-    data.check_corpus(spec)
+    schemas.check(config.data)
     model_src = check_model_source(config.model.path)
     if config.model.head_source:
         check_model_source(config.model.head_source, "model.head_source")
@@ -208,12 +207,12 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     cache_dir = Path(config.data.cache_dir or workdir / "cache")
     arrays = None
     if is_main:
-        arrays = data.load_corpus(spec, tokenizer, cache_dir=cache_dir,
-                                  position_limit=model_config.max_position_embeddings)
+        arrays = schemas.load(config.data, tokenizer, cache_dir=cache_dir,
+                              position_limit=model_config.max_position_embeddings)
     parallel.sync("ncjax_corpus")
     if arrays is None:
-        arrays = data.load_corpus(spec, tokenizer, cache_dir=cache_dir,
-                                  position_limit=model_config.max_position_embeddings)
+        arrays = schemas.load(config.data, tokenizer, cache_dir=cache_dir,
+                              position_limit=model_config.max_position_embeddings)
     num_examples, length = arrays["input_ids"].shape[0], arrays["input_ids"].shape[-1]
     sampler = data.Sampler(num_examples, config.train.batch_size, config.seed, jax.process_index(),
                            jax.process_count(), drop_remainder=config.data.remainder == "drop",

@@ -62,12 +62,14 @@ class Setup:
 
 
 class Context:
-    """One step's view for the terms: the model (merged from the parameters being
-    differentiated), the batch, the step number, PRNG keys, and a cache of anything computed
-    once per step (masks, forward passes). Lives only while the loss is traced."""
+    """One step's view for the terms: the parameters being differentiated and the model merged
+    from them, the batch, the step number, PRNG keys, and a cache of anything computed once per
+    step (masks, forward passes). Lives only while the loss is traced."""
 
-    def __init__(self, model: Any, batch: dict[str, jax.Array], step: jax.Array, *, seed: int, dropout: bool):
+    def __init__(self, model: Any, batch: dict[str, jax.Array], step: jax.Array, *, seed: int, dropout: bool,
+                 params: Any = None):
         self.model = model
+        self.params = params
         self.batch = batch
         self.step = step
         self.dropout = dropout

@@ -33,12 +33,18 @@ class MaskSpec:
     vocab_size: int
     probability: float
     max_predictions: int
+    given: bool = False  # the batch's mlm_labels mark the positions (already [MASK]ed): no dynamic masking
 
     @classmethod
     def from_setup(cls, setup: terms.Setup) -> MaskSpec:
         """From the config's data.mlm_probability / data.max_predictions_per_seq (0 = mean + 4
-        sd of the masked count at the batch's sequence length) and the tokenizer."""
+        sd of the masked count at the batch's sequence length) and the tokenizer; when the data
+        carries `mlm_labels` (the ASE schema), those positions with P = max_predictions_per_seq
+        (0: 1, one pronoun per sentence)."""
         d = setup.config.data
+        if "mlm_labels" in setup.fields:
+            return cls((), int(setup.tokenizer.mask_token_id), setup.model_config.vocab_size, 0.0,
+                       int(d.max_predictions_per_seq or 1), given=True)
         return cls(
             special_ids=tuple(masking_lib.special_token_ids(setup.tokenizer)),
             mask_id=int(setup.tokenizer.mask_token_id),
@@ -59,16 +65,36 @@ def masked_forward(ctx: terms.Context, spec: MaskSpec) -> tuple[dict, dict, Any]
 
     def compute():
         inputs = {k: terms.flat(ctx.batch[k]) for k in ("input_ids", "attention_mask")}
-        masks = masking_lib.mask_tokens(
-            ctx.key(terms.MASK_STREAM), inputs["input_ids"], inputs["attention_mask"],
-            special_ids=spec.special_ids, mask_id=spec.mask_id, vocab_size=spec.vocab_size,
-            probability=spec.probability, max_predictions=spec.max_predictions,
-        )
+        if spec.given:
+            masks = given_masks(inputs["input_ids"], terms.flat(ctx.batch["mlm_labels"]), spec.max_predictions)
+        else:
+            masks = masking_lib.mask_tokens(
+                ctx.key(terms.MASK_STREAM), inputs["input_ids"], inputs["attention_mask"],
+                special_ids=spec.special_ids, mask_id=spec.mask_id, vocab_size=spec.vocab_size,
+                probability=spec.probability, max_predictions=spec.max_predictions,
+            )
         out = ctx.model(masks["input_ids"], inputs["attention_mask"], positions=masks["positions"],
                         dropout_key=ctx.dropout_key(0))
         return inputs, masks, out
 
     return ctx.cached(("masked_forward", spec), compute)
+
+
+def given_masks(input_ids: jax.Array, labels: jax.Array, max_predictions: int) -> dict:
+    """The masks dict of `masking.mask_tokens` for labels fixed in the data.
+
+    input_ids: [B, L] (already holding [MASK] where scored); labels: [B, L] int, the target id
+    where scored and -100 elsewhere. The first `max_predictions` scored positions of each row
+    are kept (P static). Returns {'input_ids' (unchanged), 'positions', 'labels', 'weights'}."""
+    scored = labels >= 0
+    length = labels.shape[-1]
+    # Scored positions first, in order; top_k of a decreasing key keeps that order.
+    key = jnp.where(scored, length - jnp.arange(length), -1)
+    top, positions = jax.lax.top_k(key, max_predictions)
+    positions = positions.astype(jnp.int32)
+    return {"input_ids": input_ids, "positions": positions,
+            "labels": jnp.maximum(jnp.take_along_axis(labels, positions, axis=1), 0),
+            "weights": (top >= 0).astype(jnp.float32)}
 
 
 def masked_nll(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -89,6 +115,10 @@ class MLM:
     weight: float = 1.0
     name: str = "mlm"
     fields: tuple[str, ...] = ("input_ids", "attention_mask")
+
+    def __post_init__(self):
+        if self.masking.given:
+            object.__setattr__(self, "fields", self.fields + ("mlm_labels",))
 
     def init_state(self) -> None:
         return None
