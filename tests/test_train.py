@@ -255,17 +255,18 @@ def test_one_device_matches_eight(base_config, reference, tmp_path):
     np.testing.assert_allclose([v for _, v in resumed], [v for _, v in ref][8:], rtol=LOSS_RTOL)
 
 
-def test_sigkill_then_rerun_is_bit_identical(base_config, reference, tmp_path):
-    """Killed (SIGKILL) two steps after the step-4 checkpoint; the rerun resumes from step 4."""
-    workdir = tmp_path / "killed"
+def kill_after_checkpoint_then_rerun(config, workdir: Path, reference_dir: Path, every: int) -> None:
+    """Runs `config` in a subprocess that SIGKILLs itself two steps after the step-`every`
+    checkpoint, reruns it in this process, and asserts that the log and every array of the final
+    state (parameters, optimiser state, loss-term state) equal the uninterrupted run's."""
     code = f"""
 import ncjax.logs as logs
 from ncjax.train import train_and_evaluate
 write = logs.MetricWriter.write
 def write_then_die(self, step, metrics):
     write(self, step, metrics)
-    if step == {EVERY + 2}:
-        done = Path(workdir) / "checkpoints" / "{EVERY}"
+    if step == {every + 2}:
+        done = Path(workdir) / "checkpoints" / "{every}"
         t = time.time()
         while not done.is_dir() and time.time() - t < 60:
             time.sleep(0.05)
@@ -273,22 +274,28 @@ def write_then_die(self, step, metrics):
 logs.MetricWriter.write = write_then_die
 train_and_evaluate(config, workdir)
 """
-    proc = _subprocess(code, base_config, workdir)
+    proc = _subprocess(code, config, workdir)
     out = _finish(proc, 240)
     assert proc.returncode == -signal.SIGKILL, out[-3000:]
     with Checkpointer(workdir / "checkpoints") as ck:
-        assert ck.latest_step() == EVERY
-    assert max(s for s, _ in _losses(workdir)) >= EVERY + 1
+        assert ck.latest_step() == every
+    assert max(s for s, _ in _losses(workdir)) >= every + 1
 
-    result = _run(base_config, workdir)
+    result = _run(config, workdir)
     assert result["status"] == "completed"
     # the log describes one trajectory, identical to the uninterrupted run's
-    assert _losses(workdir) == _losses(reference[0])
-    _, a = _state(reference[0])
+    assert _losses(workdir) == _losses(reference_dir)
+    _, a = _state(reference_dir)
     _, b = _state(workdir)
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_sigkill_then_rerun_is_bit_identical(base_config, reference, tmp_path):
+    """Killed (SIGKILL) two steps after the step-4 checkpoint; the rerun resumes from step 4."""
+    kill_after_checkpoint_then_rerun(base_config, tmp_path / "killed", reference[0], EVERY)
+    assert "nc3" in _state(reference[0])[1]["terms"]  # the NC3 statistics were part of the comparison
 
 
 def test_sigterm_saves_and_exits_zero(base_config, tmp_path):
