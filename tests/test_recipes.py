@@ -174,3 +174,22 @@ def test_ase_sigkill_then_rerun_is_bit_identical(ase_config, ase_reference, tmp_
     _, state = _state(ase_reference)
     assert {"ewc", "nc3"} <= set(state["terms"]) and {"fisher", "anchor"} == set(state["terms"]["ewc"])
     kill_after_checkpoint_then_rerun(ase_config, tmp_path / "killed", ase_reference, ASE_EVERY)
+
+
+def test_ase_corpus_without_a_maskable_pronoun_stops_before_compute(ase_config, corpora, tmp_path):
+    from ncjax.train import train_and_evaluate
+
+    bad = tmp_path / "no_pronoun.txt"
+    bad.write_text("1 [The nurse] worked at the hospital.\n2 [He] and [she] worked.\n")
+    c = ase_config.copy_and_resolve_references()
+    c.data.path = str(bad)
+    with pytest.raises(ValueError) as info:
+        train_and_evaluate(c, tmp_path / "w")
+    message = str(info.value)
+    assert message == (f"data.path {bad} has no line with exactly one bracketed pronoun ([he], [she], [him], [his], "
+                       "[her]) to mask; the ASE schema needs WinoBias-format sentences."), message
+    assert not (tmp_path / "w" / "checkpoints").exists()
+    c.data.path = str(corpora / "nope.txt")
+    with pytest.raises(FileNotFoundError, match=r"^data.path .*nope.txt does not exist; point data.path at "
+                                                r"WinoBias-format text files"):
+        train_and_evaluate(c, tmp_path / "w2")
