@@ -1,8 +1,9 @@
-"""MLM fine-tuning with the NC3 regulariser: `train_and_evaluate(config, workdir)`.
+"""Training a recipe (a debiasing method's loss terms plus NC3): `train_and_evaluate(config, workdir)`.
 
-The jitted step and the train state live in `ncjax.step`. `train_and_evaluate` does the rest of
-a run: multi-host start-up, input checks that fail in one
-sentence before any compute, the tokenised corpus and sampler, restore-or-initialise from the
+The jitted step and the train state live in `ncjax.step`, the loss terms in `ncjax.terms`, the
+batch schemas in `ncjax.schemas`. `train_and_evaluate` does the rest of a run: multi-host
+start-up, input checks that fail in one sentence before any compute, the training arrays of
+the config's schema and the sampler, the recipe's terms, restore-or-initialise from the
 latest complete checkpoint (on any device count), the loop with metrics, periodic and final
 checkpoints, SIGTERM handling (checkpoint, then return 'preempted'), a stop on a non-finite loss
 naming the step and the last good checkpoint, and the Hugging Face export.

@@ -159,3 +159,37 @@ def test_fisher_lines_format_the_released_way():
         "The developer argued with woman because [MASK] idea cannot be implemented.",
         "The developer argued with man because [MASK] idea cannot be implemented.",
     ]
+
+
+def test_terms_sharing_a_forward_pass_run_the_model_once(tiny):
+    """MLM, NC3 and orthogonality read one cached masked forward pass per step."""
+    from ncjax import terms
+    from ncjax.terms import nc3
+
+    graphdef, params, config, _ = tiny
+    calls = []
+
+    class Counting:
+        def __init__(self, model):
+            self.model = model
+
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return self.model(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+    spec = mlm.MaskSpec((0, 2, 3, 4), 4, config.vocab_size, 0.3, 4)
+    loss_terms = [mlm.MLM(spec), nc3.NC3(nc3.PenaltySpec(), spec, np.array([5, 6, 7, 8], np.int32), config.hidden_size),
+                  orthogonal.Orthogonal(spec, np.ones(config.hidden_size, np.float32) / np.sqrt(config.hidden_size))]
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": jnp.asarray(rng.integers(5, 54, (2, 8)), jnp.int32),
+             "attention_mask": jnp.ones((2, 8), jnp.int32), "neutral_mask": jnp.ones((2, 8), jnp.float32)}
+
+    def total(p):
+        ctx = terms.Context(Counting(nnx.merge(graphdef, p)), batch, jnp.int32(0), seed=0, dropout=False, params=p)
+        return sum(t.weight * t(ctx, t.init_state())[0] for t in loss_terms)
+
+    value = jax.jit(total)(params)
+    assert np.isfinite(float(value)) and len(calls) == 1
