@@ -67,6 +67,10 @@ def check_config(config: Any) -> None:
         value = _get(config, key)
         if value not in allowed:
             raise ValueError(f"config {key}={value!r} is not one of {', '.join(map(repr, allowed))}.")
+    unknown = [t for t in config.loss.terms if t not in terms_lib.available()]
+    if unknown:
+        raise ValueError(f"config loss.terms names {unknown[0]!r}, which is no module of ncjax/terms; use one of "
+                         f"{', '.join(terms_lib.available())}.")
     p = config.penalty
     if p.alpha < 0 or not math.isfinite(p.alpha):
         raise ValueError(f"config penalty.alpha={p.alpha} must be a finite number >= 0.")

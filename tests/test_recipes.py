@@ -85,6 +85,11 @@ def test_every_variant_builds_and_passes_the_checks(name):
         assert (c.penalty.alpha == 0) == (variant == "no_nc3"), (name, variant)
     with pytest.raises(ValueError, match=f"configs/{name}.py has no variant 'nope'"):
         module.get_config("nope")
+    c = module.get_config()
+    c.loss.terms = ("mlm", "nc4")
+    with pytest.raises(ValueError, match=r"^config loss.terms names 'nc4', which is no module of ncjax/terms; "
+                                         r"use one of ewc, mlm, nc3, orthogonal\.$"):
+        check_config(c)
 
 
 def _records(workdir):
