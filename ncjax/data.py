@@ -20,9 +20,8 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -231,7 +230,8 @@ def read_texts(spec: CorpusSpec, cache_dir: str | os.PathLike, unk: str = "[UNK]
         # Two-sided CDA keeps every original and adds its counterfactual wherever a swap changed it.
         texts = texts + [c for t in texts if (c := counterfactual(t, pairs)) != t]
     if not texts:
-        where = "no non-empty line" if sources[-1][1] in ("text", "wikitext") else f"nothing in column {sources[-1][2]!r}"
+        _, fmt, field = sources[-1]
+        where = "no non-empty line" if fmt in ("text", "wikitext") else f"nothing in column {field!r}"
         raise ValueError(f"data.path {spec.path} yields no text ({where}); check the file and data.text_field.")
     return texts
 

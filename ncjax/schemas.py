@@ -59,7 +59,7 @@ _SWAP = {"he": "she", "she": "he", "him": "her", "his": "her", "her": "his"}
 _FEMALE = ("she", "her")
 
 WINOBIAS_DEV = tuple(f"bench/winobias/{s}_stereotyped_type{t}.txt.dev" for s in ("pro", "anti") for t in (1, 2))
-WINOBIAS_TYPE1_TEST = ("bench/winobias/pro_stereotyped_type1.txt.test", "bench/winobias/anti_stereotyped_type1.txt.test")
+WINOBIAS_TYPE1_TEST = tuple(f"bench/winobias/{s}_stereotyped_type1.txt.test" for s in ("pro", "anti"))
 
 
 def resolve_winobias(path: str) -> list[Path]:

@@ -135,7 +135,8 @@ class _Preemption:
 def _model_overrides(m: Any) -> dict[str, float]:
     """Dropout probabilities that replace the checkpoint's (a negative value keeps it)."""
     out = {}
-    for key, field in (("hidden_dropout", "hidden_dropout_prob"), ("attention_dropout", "attention_probs_dropout_prob")):
+    for key, field in (("hidden_dropout", "hidden_dropout_prob"),
+                       ("attention_dropout", "attention_probs_dropout_prob")):
         value = float(m.get(key, -1.0))
         if value >= 1.0:
             raise ValueError(f"config model.{key}={value} must be below 1 (negative: keep the checkpoint's).")

@@ -122,7 +122,8 @@ def test_ase_schema_masks_swaps_and_marks_neutral_words(tiny):
     assert examples == [("The nurse worked at the hospital because [MASK] was good.", "she"),
                         ("The nurse worked at the hospital because [MASK] was good.", "he")]
     with pytest.raises(ValueError, match=r"^data.path x has no line with exactly one bracketed pronoun .*\.$"):
-        schemas.ase_examples(["[The nurse] worked.", "1 [He] and [she] worked."], data.attribute_pairs(), source="data.path x")
+        schemas.ase_examples(["[The nurse] worked.", "1 [He] and [she] worked."], data.attribute_pairs(),
+                             source="data.path x")
     arrays = schemas.encode_ase(examples, tok, 12, ["hospital", "nurse", "the hospital"])
     ids = tok.encode(examples[0][0], add_special_tokens=False)
     assert arrays["input_ids"].shape == (2, 12) and (arrays["input_ids"][0, :len(ids)] == ids).all()

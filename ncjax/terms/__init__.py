@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 
 # Independent random streams of one step, all keyed by fold_in(fold_in(seed, stream), step).
 MASK_STREAM, DROPOUT_STREAM = 1, 2
@@ -141,7 +140,3 @@ def init_states(terms: Sequence[Term]) -> dict[str, Any]:
         if s is not None:
             out[t.name] = s
     return out
-
-
-def zero() -> jax.Array:
-    return jnp.zeros((), jnp.float32)

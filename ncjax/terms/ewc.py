@@ -68,7 +68,8 @@ def fisher(graphdef, params, ids: np.ndarray, mask: np.ndarray, kind: str = "rel
 
 def penalty(params: Any, fisher_tree: Any, anchor: Any) -> jax.Array:
     """sum F * (theta - theta*)^2 over every leaf -> scalar float32."""
-    parts = jax.tree.map(lambda p, f, a: jnp.sum(f * jnp.square(p.astype(jnp.float32) - a)), params, fisher_tree, anchor)
+    parts = jax.tree.map(lambda p, f, a: jnp.sum(f * jnp.square(p.astype(jnp.float32) - a)),
+                         params, fisher_tree, anchor)
     return sum(jax.tree.leaves(parts))
 
 
