@@ -123,6 +123,13 @@ def _ncjax_side(args, alpha: float, baseline_ref: str | None = None):
         holder["state"], metrics = step_fn(holder["state"], global_batch)
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
+    def cost():
+        """XLA's cost analysis of the compiled step (flops, bytes accessed): load-independent."""
+        analysis = step_fn.lower(holder["state"], global_batch).compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+        return {k: float(analysis.get(k, float("nan"))) for k in ("flops", "bytes accessed")}
+
+    run.cost = cost
     return run
 
 
@@ -240,10 +247,17 @@ def main() -> None:
     p.add_argument("--steps-per-round", type=int, default=2, help="timed steps per side per round")
     p.add_argument("--baseline", default="", help="git ref whose ncjax/step.py is timed as the 'baseline' side")
     p.add_argument("--sides", default="", help="comma-separated subset of " + ",".join(SIDES))
+    p.add_argument("--cost", action="store_true",
+                   help="print XLA's cost analysis of the ncjax steps (and the baseline's) instead of timing")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args.worker, args)
+        return
+    if args.cost:
+        for name in [s for s in ("ncjax", "ncjax_mlm", "baseline") if s != "baseline" or args.baseline]:
+            c = _make_side(name, args).cost()
+            print(f"{name}: {c['flops']:.6g} flops, {c['bytes accessed']:.6g} bytes accessed per step")
         return
 
     sides = [s for s in (args.sides.split(",") if args.sides else SIDES) if s != "baseline" or args.baseline]
