@@ -257,7 +257,12 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         position = 0
         start = checkpointer.latest_step()
         if start is not None:
-            state, meta = checkpointer.restore(start, ckpt_lib.abstract_like(state))
+            try:
+                state, meta = checkpointer.restore(start, ckpt_lib.abstract_like(state))
+            except ValueError:  # orbax's message is a multi-line tree diff
+                raise ValueError(f"checkpoint {checkpointer.step_path(start)} holds a train state of another layout "
+                                 "(another recipe's loss terms or model, or an older ncjax); resume it with the "
+                                 "config it was written with, or use a new --workdir.") from None
             position = int(meta["sampler_position"])
             if meta.get("num_examples") != num_examples:
                 log.warning("the corpus now has %d examples, the checkpoint was written with %s; the data order "

@@ -192,3 +192,16 @@ def test_ase_corpus_without_a_maskable_pronoun_stops_before_compute(ase_config, 
     with pytest.raises(FileNotFoundError, match=r"^data.path .*nope.txt does not exist; point data.path at "
                                                 r"WinoBias-format text files"):
         train_and_evaluate(c, tmp_path / "w2")
+
+
+def test_resuming_another_recipes_checkpoint_fails_in_one_sentence(ase_reference, corpora, tiny_bert_dir, tmp_path):
+    import shutil
+
+    from ncjax.train import train_and_evaluate
+
+    workdir = tmp_path / "mixed"
+    shutil.copytree(ase_reference / "checkpoints", workdir / "checkpoints")
+    with pytest.raises(ValueError, match=r"^checkpoint .*checkpoints/8 holds a train state of another layout "
+                                         r"\(another recipe's loss terms or model, or an older ncjax\); resume it "
+                                         r"with the config it was written with, or use a new --workdir\.$"):
+        train_and_evaluate(tiny_config("bert_nc3", corpora, tiny_bert_dir), workdir)
