@@ -1,91 +1,151 @@
-"""One MLM + NC3 train step: ncjax's jitted step vs the PyTorch reference step, same CPU, one process.
+"""Train steps side by side: ncjax's jitted steps vs PyTorch reference steps, same shapes, one run.
 
-Reference (what the paper's released BEC + NC3 code does per step): transformers
-`BertForMaskedLM` in train mode (dropout on) with logits at every position and the MLM loss on
-the masked ones (15 %, 80/10/10 masking on the host), then the released NC3 algorithm: the last
-encoder layer paired with the next input token, class statistics accumulated with a
-tokens x vocabulary one-hot (`one_hot(Y, V).T @ X`), the unbiased std of cos(W[c], mu_c - mu_G)
-over the gender ids present, loss = MLM + 100 * NC3, backward, gradient clipping 1.0, AdamW
-(lr 2e-5, eps 1e-8, no weight decay) and a linear schedule.
+Sides (each in its own process, so XLA's and PyTorch's thread pools never share one; the parent
+drives them in alternating rounds and times every step):
 
-ncjax: `ncjax.step.make_train_step` with the same recipe (configs/bert_nc3.py defaults):
-masking on device, logits only at the masked positions, NC3 `reference` mode with K slots
-instead of the vocabulary, one jitted step with the state donated. Also timed: the same step with
-alpha 0 (MLM only), to show what the penalty costs.
+  torch        the PyTorch reference of the paper's BEC + NC3 step: transformers
+               `BertForMaskedLM` in train mode with logits at every position and the MLM loss on
+               the masked ones (15 %, 80/10/10 on the host), then the released NC3 algorithm (last
+               layer paired with the next input token, tokens x vocabulary one-hot class totals,
+               unbiased std of cos(W[c], mu_c - mu_G) over the gender ids present), loss = MLM +
+               100 * NC3, backward, clipping 1.0, AdamW (lr 2e-5, eps 1e-8, no weight decay),
+               linear schedule.
+  ncjax        `ncjax.step.make_train_step` with the configs/bert_nc3.py terms (MLM + 100 * NC3):
+               masks on device, logits at the masked positions only, NC3 `reference` mode over K
+               class slots, one jitted step with the state donated.
+  ncjax_mlm    the same with the MLM term only (what the penalty costs).
+  baseline     (with --baseline REF) the MLM + NC3 step of `git show REF:ncjax/step.py`, the step
+               before it became a sum of loss terms: the same work, to show the seam costs nothing.
 
-Both use random bert-base-shaped weights (12 layers, hidden 768, vocab 30522) and the 271
-GN-GloVe first-piece gender ids of the bert-base-uncased vocabulary (from the MiniLM package).
+All sides use the same random bert-base-shaped weights (12 layers, hidden 768, vocab 30522),
+the same batch, and the 271 GN-GloVe first-piece gender ids of the bert-base-uncased vocabulary.
 
-    python benchmarks/train_step.py               # bert-base, batch 16 x 128, ~5 minutes on 2 cores
-    python benchmarks/train_step.py --layers 2    # quick smoke run
+    python benchmarks/train_step.py --baseline main           # bert-base, batch 16 x 128
+    python benchmarks/train_step.py --layers 2 --rounds 2 --steps-per-round 2   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from ncjax import convert, masking, parallel, step, words  # noqa: E402
-from ncjax.model import BertConfig, BertForMaskedLM  # noqa: E402
+SIDES = ("torch", "ncjax", "ncjax_mlm", "baseline")
+TOTAL_STEPS = 2465  # the paper recipe: 3 epochs of GAP-flipped at batch 16 (sets the lr schedule)
 
 
-def _time_steps(run_step, warmup: int, steps: int) -> float:
-    """Mean seconds per step after `warmup` untimed steps (the first one compiles)."""
-    for _ in range(warmup):
-        run_step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        run_step()
-    return (time.perf_counter() - t) / steps
+# ----------------------------------------------------------------------------- shared inputs
 
 
-def _ncjax_step_time(cfg, graphdef, params, class_ids, tokenizer, batch, alpha, warmup, steps, total_steps):
-    config = _config()
+def _inputs(args):
+    """(BertConfig, graphdef, host params, gender ids, tokenizer, host batch), equal in every worker."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from ncjax import convert, words
+    from ncjax.model import BertConfig, BertForMaskedLM
+
+    tokenizer = convert.load_tokenizer(convert.minilm_dir())  # the bert-base-uncased vocabulary
+    class_ids = np.asarray(words.resolve(words.bundled("gender-gnglove"), tokenizer, "first_piece").ids, np.int32)
+    cfg = BertConfig(num_hidden_layers=args.layers)
+    model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    params = jax.device_get(nnx.to_pure_dict(state))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
+    # every sequence carries gender words so the penalty has classes from the first step
+    ids[:, 1:-1:7] = rng.choice(class_ids, size=ids[:, 1:-1:7].shape)
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    return cfg, model, graphdef, params, class_ids, tokenizer, batch
+
+
+def _recipe():
+    from configs import bert_nc3
+
+    return bert_nc3.get_config()
+
+
+# ----------------------------------------------------------------------------- sides
+
+
+def _ncjax_side(args, alpha: float, baseline_ref: str | None = None):
+    """A closure running one ncjax step (blocking) and returning its metrics."""
+    import importlib.util
+
+    import jax
+
+    from ncjax import masking, parallel
+    from ncjax import step as step_lib
+    from ncjax import terms as terms_lib
+
+    cfg, _, graphdef, params, class_ids, tokenizer, batch = _inputs(args)
+    config = _recipe()
     config.penalty.alpha = alpha
     mesh = parallel.make_mesh(1)
-    schedule = step.make_schedule(config.optim, total_steps)
-    tx = step.make_optimizer(config.optim, schedule)
-    length = batch["input_ids"].shape[1]
-    mask_spec = step.MaskSpec(tuple(masking.special_token_ids(tokenizer)), tokenizer.mask_token_id, cfg.vocab_size,
-                              0.15, masking.default_max_predictions(length, 0.15))
-    step_fn = step.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=42, masking=mask_spec,
-                                    penalty_spec=step.PenaltySpec.from_config(config.penalty),
-                                    class_ids=class_ids if alpha > 0 else None, dropout=True)
-    state = step.init_state(params, tx, mesh, (len(class_ids), cfg.hidden_size) if alpha > 0 else None)
+    schedule = step_lib.make_schedule(config.optim, TOTAL_STEPS)
+    tx = step_lib.make_optimizer(config.optim, schedule)
+    if baseline_ref:
+        source = subprocess.run(["git", "show", f"{baseline_ref}:ncjax/step.py"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+            f.write(source)
+        spec = importlib.util.spec_from_file_location("ncjax_step_baseline", f.name)
+        old = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = old  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(old)
+        mask_spec = old.MaskSpec(tuple(masking.special_token_ids(tokenizer)), tokenizer.mask_token_id,
+                                 cfg.vocab_size, 0.15, masking.default_max_predictions(args.length, 0.15))
+        step_fn = old.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=42, masking=mask_spec,
+                                      penalty_spec=old.PenaltySpec.from_config(config.penalty),
+                                      class_ids=class_ids, dropout=True)
+        state = old.init_state(params, tx, mesh, (len(class_ids), cfg.hidden_size))
+    else:
+        setup = terms_lib.Setup(config=config, tokenizer=tokenizer, model_config=cfg, length=args.length,
+                                fields=tuple(batch), workdir=Path(tempfile.mkdtemp()), is_main=False)
+        loss_terms = terms_lib.build(config, setup)
+        step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=42, terms=loss_terms)
+        state = step_lib.init_state(params, tx, mesh, loss_terms)
     global_batch = parallel.global_batch(batch, mesh)
     holder = {"state": state}
 
     def run():
         holder["state"], metrics = step_fn(holder["state"], global_batch)
-        jax.block_until_ready(metrics)
-        return metrics
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
-    seconds = _time_steps(run, warmup, steps)
-    return seconds, {k: float(v) for k, v in jax.device_get(run()).items()}
+    def cost():
+        """XLA's cost analysis of the compiled step (flops, bytes accessed): load-independent."""
+        analysis = step_fn.lower(holder["state"], global_batch).compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+        return {k: float(analysis.get(k, float("nan"))) for k in ("flops", "bytes accessed")}
 
-
-def _config():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bert_nc3", Path(__file__).resolve().parents[1] / "configs" / "bert_nc3.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    run.cost = cost
+    return run
 
 
-def _torch_step_time(torch_model, class_ids, tokenizer, batch, warmup, steps, total_steps, alpha=100.0):
+def _torch_side(args, alpha: float = 100.0):
+    import numpy as np
     import torch
+    import transformers
 
+    from ncjax import convert, masking
+
+    cfg, model, _, _, class_ids, tokenizer, batch = _inputs(args)
+    hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"})
+    torch_model = transformers.BertForMaskedLM(hf_cfg)
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in convert.params_to_hf(model).items()}
+    torch_model.load_state_dict(sd, strict=False)
+    torch_model.tie_weights()
     vocab = torch_model.config.vocab_size
     ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
     mask = torch.from_numpy(batch["attention_mask"].astype(np.int64))
@@ -94,10 +154,9 @@ def _torch_step_time(torch_model, class_ids, tokenizer, batch, warmup, steps, to
     counts = torch.zeros(vocab)
     totals = torch.zeros(vocab, torch_model.config.hidden_size)
     optimizer = torch.optim.AdamW(torch_model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, (total_steps - s) / total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, (TOTAL_STEPS - s) / TOTAL_STEPS))
     eps = float(np.finfo(np.float32).eps)
     torch_model.train()
-    last = {}
 
     def run():
         # host-side dynamic masking, as the reference's mask_tokens
@@ -131,10 +190,52 @@ def _torch_step_time(torch_model, class_ids, tokenizer, batch, warmup, steps, to
         torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        last.update(loss=float(loss.detach()), mlm=float(out.loss.detach()), nc3=float(nc3.detach()))
+        return {"loss": float(loss.detach()), "loss/mlm": float(out.loss.detach()), "loss/nc3": float(nc3.detach())}
 
-    seconds = _time_steps(run, warmup, steps)
-    return seconds, dict(last)
+    return run
+
+
+def _make_side(name: str, args):
+    if name == "torch":
+        return _torch_side(args)
+    if name == "ncjax":
+        return _ncjax_side(args, 100.0)
+    if name == "ncjax_mlm":
+        return _ncjax_side(args, 0.0)
+    if name == "baseline":
+        return _ncjax_side(args, 100.0, baseline_ref=args.baseline)
+    raise ValueError(f"unknown side {name!r}")
+
+
+def worker(name: str, args) -> None:
+    """Builds one side, runs its first step (compilation for ncjax) and reports its time, then
+    answers each line 'N' on stdin with the seconds of N more steps and the last metrics."""
+    t = time.perf_counter()
+    run = _make_side(name, args)
+    setup_s = time.perf_counter() - t
+    t = time.perf_counter()
+    run()
+    first = time.perf_counter() - t
+    print(json.dumps({"setup_s": setup_s, "first_step_s": first}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        times, metrics = [], {}
+        for _ in range(int(line)):
+            t = time.perf_counter()
+            metrics = run()
+            times.append(time.perf_counter() - t)
+        print(json.dumps({"times": times, "metrics": metrics}), flush=True)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _median_spread(xs):
+    import numpy as np
+
+    a = np.asarray(xs)
+    return float(np.median(a)), float(np.percentile(a, 25)), float(np.percentile(a, 75)), float(a.min()), float(a.max())
 
 
 def main() -> None:
@@ -142,58 +243,78 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per side (after one warm-up step)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds over the sides")
+    p.add_argument("--steps-per-round", type=int, default=2, help="timed steps per side per round")
+    p.add_argument("--baseline", default="", help="git ref whose ncjax/step.py is timed as the 'baseline' side")
+    p.add_argument("--sides", default="", help="comma-separated subset of " + ",".join(SIDES))
+    p.add_argument("--cost", action="store_true",
+                   help="print XLA's cost analysis of the ncjax steps (and the baseline's) instead of timing")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker:
+        worker(args.worker, args)
+        return
+    if args.cost:
+        for name in [s for s in ("ncjax", "ncjax_mlm", "baseline") if s != "baseline" or args.baseline]:
+            c = _make_side(name, args).cost()
+            print(f"{name}: {c['flops']:.6g} flops, {c['bytes accessed']:.6g} bytes accessed per step")
+        return
 
+    sides = [s for s in (args.sides.split(",") if args.sides else SIDES) if s != "baseline" or args.baseline]
+    passthrough = ["--batch", str(args.batch), "--length", str(args.length), "--layers", str(args.layers),
+                   "--baseline", args.baseline]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    procs, start = {}, {}
+    t0 = time.perf_counter()
+    for name in sides:  # one at a time, so every compile time is measured on an otherwise idle side set
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", name, *passthrough], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        start[name] = json.loads(proc.stdout.readline())
+        procs[name] = proc
+    times = {n: [] for n in sides}
+    last = {}
+    for r in range(args.rounds):
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        for name in order:
+            procs[name].stdin.write(f"{args.steps_per_round}\n")
+            procs[name].stdin.flush()
+            reply = json.loads(procs[name].stdout.readline())
+            times[name] += reply["times"]
+            last[name] = reply["metrics"]
+    for proc in procs.values():
+        proc.stdin.write("quit\n")
+        proc.stdin.close()
+        proc.wait()
+
+    import jax
     import torch
     import transformers
 
-    tokenizer = convert.load_tokenizer(convert.minilm_dir())  # the bert-base-uncased vocabulary
-    class_ids = np.asarray(words.resolve(words.bundled("gender-gnglove"), tokenizer, "first_piece").ids, np.int32)
-    cfg = BertConfig(num_hidden_layers=args.layers)
-    model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    params = jax.device_get(nnx.to_pure_dict(state))
-
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
-    # every sequence carries gender words so the penalty has classes from the first step
-    ids[:, 1:-1:7] = rng.choice(class_ids, size=ids[:, 1:-1:7].shape)
-    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
-    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    tokens = ids.size
-    total_steps = 2465  # the paper recipe: 3 epochs of GAP-flipped at batch 16
-
-    hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"})
-    torch_model = transformers.BertForMaskedLM(hf_cfg)
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in convert.params_to_hf(model).items()}
-    torch_model.load_state_dict(sd, strict=False)
-    torch_model.tie_weights()
-    del model, state
-
-    t_torch, m_torch = _torch_step_time(torch_model, class_ids, tokenizer, batch, 1, args.steps, total_steps)
-    del torch_model
-    t_nc3, m_nc3 = _ncjax_step_time(cfg, graphdef, params, class_ids, tokenizer, batch, 100.0, 1, args.steps,
-                                    total_steps)
-    t_mlm, _ = _ncjax_step_time(cfg, graphdef, params, class_ids, tokenizer, batch, 0.0, 1, args.steps,
-                                    total_steps)
-
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} devices={jax.devices()}")
+    tokens = args.batch * args.length
+    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"versions: jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; torch threads {torch.get_num_threads()}")
-    print(f"shape: layers={args.layers} hidden={cfg.hidden_size} vocab={cfg.vocab_size} batch={args.batch}x{args.length} "
-          f"float32, dropout 0.1, {len(class_ids)} gender ids, alpha 100; mean of {args.steps} steps after 1 warm-up")
-    print(f"last step: PyTorch loss {m_torch['loss']:.3f} (mlm {m_torch['mlm']:.3f}, nc3 {m_torch['nc3']:.4f}); "
-          f"ncjax loss {m_nc3['loss']:.3f} (mlm {m_nc3['mlm']:.3f}, nc3 {m_nc3['nc3']:.4f})")
-    print("| step | s/step | tokens/s | vs PyTorch |")
-    print("|---|---|---|---|")
-    print(f"| PyTorch reference: MLM (all-position logits) + released NC3 (vocab one-hot) | {t_torch:.2f} | "
-          f"{tokens / t_torch:,.0f} | 1.00x |")
-    print(f"| ncjax: MLM (masked-position logits) + NC3 reference mode | {t_nc3:.2f} | {tokens / t_nc3:,.0f} | "
-          f"{t_torch / t_nc3:.2f}x |")
-    print(f"| ncjax: MLM only (alpha 0) | {t_mlm:.2f} | {tokens / t_mlm:,.0f} | {t_torch / t_mlm:.2f}x |")
-    print(f"ratio ncjax MLM+NC3 vs PyTorch reference: {t_torch / t_nc3:.2f}x (goal >= 1.5x); "
-          f"NC3 overhead in ncjax: {100 * (t_nc3 / t_mlm - 1):+.1f} % of the MLM-only step")
+          f"transformers {transformers.__version__}, Python {platform.python_version()}")
+    print(f"shape: layers={args.layers} hidden=768 vocab=30522 batch={args.batch}x{args.length} float32, dropout 0.1; "
+          f"{args.rounds} rounds x {args.steps_per_round} timed steps per side, each side in its own process; "
+          f"whole run {time.perf_counter() - t0:.0f} s")
+    for name in sides:
+        m = last[name]
+        print(f"last step {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k.startswith("loss")))
+    ref = _median_spread(times["torch"])[0] if "torch" in times else None
+    print("| side | first step (s, incl. compile) | median s/step | IQR | min-max | tokens/s | vs torch |")
+    print("|---|---|---|---|---|---|---|")
+    for name in sides:
+        med, q1, q3, lo, hi = _median_spread(times[name])
+        ratio = f"{ref / med:.2f}x" if ref else "-"
+        print(f"| {name} | {start[name]['first_step_s']:.1f} | {med:.3f} | {q1:.3f}-{q3:.3f} | {lo:.3f}-{hi:.3f} | "
+              f"{tokens / med:,.0f} | {ratio} |")
+    if "ncjax" in times and "baseline" in times:
+        new, old = _median_spread(times["ncjax"])[0], _median_spread(times["baseline"])[0]
+        print(f"loss-term step vs {args.baseline}'s step (MLM + NC3): {100 * (new / old - 1):+.1f} % time per step")
+    if "ncjax" in times and "ncjax_mlm" in times:
+        new, mlm_only = _median_spread(times["ncjax"])[0], _median_spread(times["ncjax_mlm"])[0]
+        print(f"NC3 overhead in ncjax: {100 * (new / mlm_only - 1):+.1f} % of the MLM-only step")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-r"""Train a BERT masked LM with the NC3 regulariser.
+r"""Train a BERT masked LM with a debiasing recipe and the NC3 regulariser.
 
-    python launch/train.py --config configs/bert_nc3.py[:variant] --workdir DIR [--config.a.b=value ...]
+    python launch/train.py --config configs/RECIPE.py[:variant] --workdir DIR [--config.a.b=value ...]
+
+RECIPE is one of bert_nc3, mlm_nc3, ase_nc3, cda_nc3, dropout_nc3 (each file's docstring gives
+its source, variants and launch command).
 
 Every config field can be overridden on the command line (--config.penalty.alpha=10); an unknown
 field stops with a suggestion. Rerunning the same command with the same --workdir resumes from

@@ -16,6 +16,8 @@ renamed into place, so a failed export never leaves a half-written directory.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -218,14 +220,18 @@ def load_model(
     seed: int = 0,
     dtype: Any = jnp.float32,
     remat: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[BertForMaskedLM, BertConfig]:
     """Loads a BERT masked LM from a HF directory, weight file, ncjax checkpoint or hub id.
 
     With `init_missing_head`, an encoder-only checkpoint gets a fresh MLM head initialised as
-    transformers does (normal(0.02) dense, unit LayerNorm, zero bias) from `seed`."""
+    transformers does (normal(0.02) dense, unit LayerNorm, zero bias) from `seed`. `overrides`
+    replaces config fields that carry no weights (e.g. dropout probabilities)."""
     path = resolve_source(src)
     directory, weights = config_dir_and_weights(path)
     config = load_config(directory)
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
     model = BertForMaskedLM(config, rngs=nnx.Rngs(seed), dtype=dtype, remat=remat)
     if weights is None:
         params = _read_ncjax_params(directory, model)

@@ -20,21 +20,23 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ncjax.text import counterfactual, split_sentences, wikitext_paragraphs  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
 # Bump when the meaning of a cached token file changes.
 _CACHE_VERSION = 1
 
-FORMATS = ("tsv", "csv", "jsonl", "text", "hub")
+FORMATS = ("tsv", "csv", "jsonl", "text", "wikitext", "hub")
+PADDINGS = ("clean", "attended_mask")
 
 # ----------------------------------------------------------------------------- bundled files
 
@@ -47,61 +49,37 @@ def resource_path(*parts: str) -> Path:
 BUNDLED = {
     # The GAP corpus with gendered words and names swapped (Bartl et al., 2020): what the paper's
     # BEC experiments fine-tune on.
-    "gap_flipped": ("corpora/gap_flipped.tsv", "tsv", "Text"),
+    "gap_flipped": (("corpora/gap_flipped.tsv",), "tsv", "Text"),
+    # The Wikipedia paragraphs of GAP (all three splits; Webster et al., 2018).
+    "gap": (("corpora/gap/gap-development.tsv", "corpora/gap/gap-validation.tsv", "corpora/gap/gap-test.tsv"),
+            "tsv", "Text"),
+    # WikiText-2 validation and test (Merity et al., 2016; the train split is not bundled).
+    "wikitext2": (("corpora/wikitext2/wiki.valid.tokens", "corpora/wikitext2/wiki.test.tokens"), "wikitext", "text"),
 }
 
 
-def resolve_corpus(path: str) -> tuple[Path, str | None, str | None]:
-    """`bundled:NAME` -> (bundled file, its format, its text field); anything else -> (Path, None, None)."""
-    if path.startswith("bundled:"):
-        name = path[len("bundled:"):]
-        if name not in BUNDLED:
-            raise ValueError(f"data.path {path!r} names no bundled corpus; use one of "
-                             f"{', '.join('bundled:' + k for k in BUNDLED)} or a file path.")
-        rel, fmt, field = BUNDLED[name]
-        return resource_path(*rel.split("/")), fmt, field
-    return Path(path).expanduser(), None, None
+def resolve_corpus(path: str) -> list[tuple[Path, str | None, str | None]]:
+    """data.path -> [(file, its format or None, its text field or None), ...].
+
+    A comma-separated list reads several sources in order; `bundled:NAME` stands for the
+    bundled files of NAME (with their format and field); anything else is a path or hub name."""
+    out = []
+    for part in (p.strip() for p in path.split(",")):
+        if part.startswith("bundled:"):
+            name = part[len("bundled:"):]
+            if name not in BUNDLED:
+                raise ValueError(f"data.path {part!r} names no bundled corpus; use one of "
+                                 f"{', '.join('bundled:' + k for k in BUNDLED)} or a file path.")
+            rels, fmt, field = BUNDLED[name]
+            out += [(resource_path(*rel.split("/")), fmt, field) for rel in rels]
+        elif part:
+            out.append((Path(part).expanduser(), None, None))
+    if not out:
+        raise ValueError("data.path is empty; name a file, a hub dataset or bundled:gap_flipped.")
+    return out
 
 
-# ----------------------------------------------------------------------------- sentences
-
-# Abbreviations after which a period does not end a sentence (lower case, without the period).
-_ABBREVIATIONS = frozenset(
-    """mr mrs ms dr prof st jr sr rev gen col lt sgt capt cmdr adm gov sen rep hon pres
-    fr sr messrs mme mlle no nos vol vols pp p ed eds fig figs ch sec art inc ltd co corp bros
-    dept univ assn est approx vs etc al e.g i.e cf viz ca c jan feb mar apr jun jul aug sep sept
-    oct nov dec mt ft u.s u.k u.n a.m p.m d.c""".split()
-)
-# A candidate boundary: terminal punctuation, optional closing quotes/brackets, whitespace, then
-# something that can start a sentence.
-_BOUNDARY = re.compile(r"""([.!?]+)(["'\u201d\u2019)\]]*)(\s+)(?=["'\u201c\u2018(\[]*[A-Z0-9])""")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Splits a paragraph into sentences.
-
-    A rule-based stand-in for NLTK's Punkt `sent_tokenize` (which the paper's BEC code used):
-    a sentence ends at `.`, `!` or `?` (plus closing quotes or brackets) followed by whitespace
-    and an upper-case letter, digit or opening quote, except after a known abbreviation
-    (`Mr.`, `Dr.`, `St.`, `U.S.`, ...) or a single-letter initial (`J. K. Rowling`).
-    Whitespace is normalised; empty pieces are dropped.
-    """
-    text = " ".join(text.split())
-    out, start = [], 0
-    for m in _BOUNDARY.finditer(text):
-        if m.group(1) == ".":
-            words = text[start:m.start()].split()
-            last = words[-1].lower().strip("\"'(\u201c\u2018[") if words else ""
-            if last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha()) or re.fullmatch(r"(?:[a-z]\.)+[a-z]", last):
-                continue
-        end = m.end(2)
-        out.append(text[start:end].strip())
-        start = m.end(3)
-    out.append(text[start:].strip())
-    return [s for s in out if s]
-
-
-# ----------------------------------------------------------------------------- counterfactuals
+# ----------------------------------------------------------------------------- attribute words
 
 
 def attribute_pairs(attribute: str = "gender", path: str | os.PathLike | None = None) -> list[tuple[str, str]]:
@@ -115,33 +93,6 @@ def attribute_pairs(attribute: str = "gender", path: str | os.PathLike | None = 
     if attribute not in table:
         raise ValueError(f"{file} has no attribute {attribute!r}; use one of {', '.join(sorted(table))}.")
     return [(row[0], row[1]) for row in table[attribute]]
-
-
-def _swap_table(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    # Two-sided: each word maps to its counterpart. A word listed with several counterparts
-    # (e.g. "her" -> "him"/"his") keeps the first, as a dict built in list order would.
-    table: dict[str, str] = {}
-    for a, b in pairs:
-        table.setdefault(a.lower(), b.lower())
-        table.setdefault(b.lower(), a.lower())
-    return table
-
-
-def _match_case(word: str, template: str) -> str:
-    if template.isupper() and len(template) > 1:
-        return word.upper()
-    if template[:1].isupper():
-        return word[:1].upper() + word[1:]
-    return word
-
-
-def counterfactual(text: str, pairs: Sequence[tuple[str, str]]) -> str:
-    """`text` with every attribute word replaced by its counterpart (all swaps simultaneous),
-    matching whole words case-insensitively and keeping the original capitalisation."""
-    table = _swap_table(pairs)
-    words = sorted(table, key=len, reverse=True)
-    pattern = re.compile(r"(?<![\w'])(" + "|".join(re.escape(w) for w in words) + r")(?![\w'])", re.IGNORECASE)
-    return pattern.sub(lambda m: _match_case(table[m.group(0).lower()], m.group(0)), text)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -165,6 +116,7 @@ def _read_rows(path: str, fmt: str, field: str, split: str, cache_dir: Path):
             "csv": ("csv", {}),
             "jsonl": ("json", {}),
             "text": ("text", {}),
+            "wikitext": ("text", {}),
         }[fmt]
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train",
@@ -176,7 +128,7 @@ def _read_rows(path: str, fmt: str, field: str, split: str, cache_dir: Path):
             reason = " ".join(str(e).split())
             raise ValueError(f"data.path {path} could not be read as {fmt} ({type(e).__name__}: {reason}); "
                              "check the file or set data.format.") from None
-    if fmt == "text":
+    if fmt in ("text", "wikitext"):
         field = "text"
     if field not in ds.column_names:
         raise ValueError(f"{path} has no column {field!r} (columns: {', '.join(ds.column_names)}); "
@@ -218,6 +170,7 @@ class CorpusSpec:
     cda_attribute: str = "gender"
     max_length: int = 128  # 0: smallest power of two >= the longest text in words (the BEC rule)
     min_words: int = 1
+    padding: str = "clean"  # or "attended_mask": BEC's [MASK] padding with attention 1
 
 
 def spec_from_config(data_config: Any) -> CorpusSpec:
@@ -226,49 +179,59 @@ def spec_from_config(data_config: Any) -> CorpusSpec:
     return CorpusSpec(**{k: data_config[k] for k in names if k in data_config})
 
 
-def check_corpus(spec: CorpusSpec) -> tuple[str, str, str]:
-    """Validates the spec without reading data; returns (path, format, text field).
+def check_corpus(spec: CorpusSpec) -> list[tuple[str, str, str]]:
+    """Validates the spec without reading data; returns [(path, format, text field)] per source.
 
     Raises FileNotFoundError / ValueError with one sentence naming the key and value."""
-    path, fmt, field = resolve_corpus(spec.path)
-    fmt = spec.format or fmt
-    field = field if (field and not spec.format) else spec.text_field
-    if not fmt:
-        suffix = path.suffix.lower().lstrip(".")
-        fmt = {"tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "txt": "text", "text": "text",
-               "tokens": "text", "raw": "text"}.get(suffix, "")
-        if not fmt:
-            if not path.exists() and "/" in spec.path and not spec.path.startswith((".", "/", "~")):
-                fmt = "hub"
-            else:
-                raise ValueError(f"data.path {spec.path} has suffix {path.suffix!r}, which names no format; "
-                                 f"set data.format to one of {', '.join(FORMATS)}.")
-    if fmt not in FORMATS:
-        raise ValueError(f"data.format {fmt!r} is not one of {', '.join(FORMATS)}.")
-    if fmt != "hub" and not path.is_file():
-        raise FileNotFoundError(f"data.path {spec.path} does not exist; point data.path at a tsv, csv, jsonl "
-                                "or text file (or bundled:gap_flipped).")
     if spec.cda not in ("none", "two_sided"):
         raise ValueError(f"data.cda {spec.cda!r} is not 'none' or 'two_sided'.")
+    if spec.padding not in PADDINGS:
+        raise ValueError(f"data.padding {spec.padding!r} is not one of {', '.join(map(repr, PADDINGS))}.")
     if spec.max_length < 0 or spec.max_length == 1 or spec.max_length == 2:
         raise ValueError(f"data.max_length {spec.max_length} is too small; use 0 (auto) or at least 3.")
-    return (spec.path if fmt == "hub" else str(path)), fmt, field
+    out = []
+    for path, fmt, field in resolve_corpus(spec.path):
+        fmt = spec.format or fmt
+        field = field if (field and not spec.format) else spec.text_field
+        if not fmt:
+            suffix = path.suffix.lower().lstrip(".")
+            fmt = {"tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "txt": "text", "text": "text",
+                   "tokens": "wikitext", "raw": "text"}.get(suffix, "")
+            if not fmt:
+                name = str(path)
+                if not path.exists() and "/" in name and not name.startswith((".", "/", "~")):
+                    fmt = "hub"
+                else:
+                    raise ValueError(f"data.path {name} has suffix {path.suffix!r}, which names no format; "
+                                     f"set data.format to one of {', '.join(FORMATS)}.")
+        if fmt not in FORMATS:
+            raise ValueError(f"data.format {fmt!r} is not one of {', '.join(FORMATS)}.")
+        if fmt != "hub" and not path.is_file():
+            raise FileNotFoundError(f"data.path {path} does not exist; point data.path at a tsv, csv, jsonl "
+                                    "or text file (or bundled:gap_flipped).")
+        out.append((str(path), fmt, field))
+    return out
 
 
-def read_texts(spec: CorpusSpec, cache_dir: str | os.PathLike) -> list[str]:
-    """The training texts: rows of the text field, sentence-split and augmented as the spec says."""
-    path, fmt, field = check_corpus(spec)
-    rows = _read_rows(path, fmt, field, spec.split, Path(cache_dir))
+def read_texts(spec: CorpusSpec, cache_dir: str | os.PathLike, unk: str = "[UNK]") -> list[str]:
+    """The training texts: rows of the text field of every source, sentence-split and augmented
+    as the spec says (WikiText rows are cleaned first, `<unk>` becoming `unk`)."""
     texts: list[str] = []
-    for row in rows:
-        texts.extend(split_sentences(row) if spec.sentence_split else [" ".join(row.split())])
+    sources = check_corpus(spec)
+    for path, fmt, field in sources:
+        rows = _read_rows(path, fmt, field, spec.split, Path(cache_dir))
+        if fmt == "wikitext":
+            rows = wikitext_paragraphs(rows, unk)
+        for row in rows:
+            texts.extend(split_sentences(row) if spec.sentence_split else [" ".join(row.split())])
     texts = [t for t in texts if len(t.split()) >= max(spec.min_words, 1)]
     if spec.cda == "two_sided":
         pairs = attribute_pairs(spec.cda_attribute)
         # Two-sided CDA keeps every original and adds its counterfactual wherever a swap changed it.
         texts = texts + [c for t in texts if (c := counterfactual(t, pairs)) != t]
     if not texts:
-        where = "no non-empty line" if fmt == "text" else f"nothing in column {field!r}"
+        _, fmt, field = sources[-1]
+        where = "no non-empty line" if fmt in ("text", "wikitext") else f"nothing in column {field!r}"
         raise ValueError(f"data.path {spec.path} yields no text ({where}); check the file and data.text_field.")
     return texts
 
@@ -279,16 +242,21 @@ def auto_max_length(texts: Sequence[str], limit: int) -> int:
     return int(min(2 ** math.ceil(math.log2(max(longest, 2))), limit))
 
 
-def tokenize(texts: Sequence[str], tokenizer, max_length: int) -> dict[str, np.ndarray]:
+def tokenize(texts: Sequence[str], tokenizer, max_length: int, padding: str = "clean") -> dict[str, np.ndarray]:
     """Texts -> {'input_ids', 'attention_mask'}: [num_texts, max_length] int32 each.
 
-    [CLS] text [SEP], truncated to max_length and padded with the pad id."""
+    [CLS] text [SEP], truncated to max_length. padding 'clean': padded with the pad id and
+    attention 0. 'attended_mask' (what the released BEC code did): padded with [MASK] ids and
+    attention 1 everywhere, so the model attends to the padding and, with NC3 on the last layer,
+    the padding positions enter the class statistics like any token."""
     enc = tokenizer(list(texts), max_length=max_length, truncation=True, padding="max_length",
                     return_attention_mask=True, return_token_type_ids=False)
-    return {
-        "input_ids": np.asarray(enc["input_ids"], np.int32),
-        "attention_mask": np.asarray(enc["attention_mask"], np.int32),
-    }
+    ids = np.asarray(enc["input_ids"], np.int32)
+    mask = np.asarray(enc["attention_mask"], np.int32)
+    if padding == "attended_mask":
+        ids = np.where(mask > 0, ids, np.int32(tokenizer.mask_token_id)).astype(np.int32)
+        mask = np.ones_like(mask)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def load_corpus(spec: CorpusSpec, tokenizer, *, cache_dir: str | os.PathLike,
@@ -298,11 +266,11 @@ def load_corpus(spec: CorpusSpec, tokenizer, *, cache_dir: str | os.PathLike,
     Returns {'input_ids', 'attention_mask'}: [num_examples, length] int32. The cache key covers
     the file's sha256 (or the hub name), the spec and the tokenizer, so any change re-tokenises;
     the cache file is written atomically, so concurrent processes never read a partial one."""
-    path, fmt, _ = check_corpus(spec)
+    sources = check_corpus(spec)
     cache_dir = Path(cache_dir)
     key = json.dumps({
         "v": _CACHE_VERSION,
-        "source": _file_digest(Path(path)) if fmt != "hub" else path,
+        "source": [_file_digest(Path(path)) if fmt != "hub" else path for path, fmt, _ in sources],
         "spec": dataclasses.asdict(spec),
         "tokenizer": _tokenizer_digest(tokenizer),
         "limit": position_limit,
@@ -312,12 +280,12 @@ def load_corpus(spec: CorpusSpec, tokenizer, *, cache_dir: str | os.PathLike,
         with np.load(file) as z:
             log.info("tokenised corpus from cache %s", file)
             return {k: z[k] for k in ("input_ids", "attention_mask")}
-    texts = read_texts(spec, cache_dir)
+    texts = read_texts(spec, cache_dir, unk=tokenizer.unk_token or "[UNK]")
     length = spec.max_length or auto_max_length(texts, position_limit)
     if length > position_limit:
         raise ValueError(f"data.max_length {length} exceeds the model's max_position_embeddings "
                          f"{position_limit}; lower data.max_length.")
-    arrays = tokenize(texts, tokenizer, length)
+    arrays = tokenize(texts, tokenizer, length, spec.padding)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=file.name, suffix=".tmp.npz", dir=cache_dir)
     os.close(fd)
@@ -387,13 +355,12 @@ class Sampler:
 
 
 def gather_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, pad_id: int = 0) -> dict[str, np.ndarray]:
-    """Rows `idx` of every array ([len(idx), length]); index -1 gives a padding row
-    (pad ids, attention 0), which contributes nothing to any loss."""
+    """Rows `idx` of every array ([len(idx), ...]); index -1 gives a padding row (pad ids,
+    attention 0, no MLM label, zero weights), which contributes nothing to any loss."""
     out = {}
     safe = np.where(idx < 0, 0, idx)
     for k, a in arrays.items():
         rows = a[safe]
-        fill = pad_id if k == "input_ids" else 0
-        rows[idx < 0] = fill
+        rows[idx < 0] = {"input_ids": pad_id, "mlm_labels": -100}.get(k, 0)
         out[k] = rows
     return out

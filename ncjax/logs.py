@@ -119,7 +119,7 @@ class MetricWriter:
                 if isinstance(v, (int, float, bool)):
                     self._tb.add_scalar(f"train/{k}", float(v), int(step))
         if self._bar is not None:
-            shown = {k: metrics[k] for k in ("loss", "mlm", "nc3") if k in metrics}
+            shown = {k: v for k, v in metrics.items() if k == "loss" or k.startswith("loss/")}
             self._bar.set_postfix({k: f"{float(v):.4g}" for k, v in shown.items()}, refresh=False)
 
     def advance(self, step: int) -> None:

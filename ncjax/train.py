@@ -1,8 +1,9 @@
-"""MLM fine-tuning with the NC3 regulariser: `train_and_evaluate(config, workdir)`.
+"""Training a recipe (a debiasing method's loss terms plus NC3): `train_and_evaluate(config, workdir)`.
 
-The jitted step and the train state live in `ncjax.step`. `train_and_evaluate` does the rest of
-a run: multi-host start-up, input checks that fail in one
-sentence before any compute, the tokenised corpus and sampler, restore-or-initialise from the
+The jitted step and the train state live in `ncjax.step`, the loss terms in `ncjax.terms`, the
+batch schemas in `ncjax.schemas`. `train_and_evaluate` does the rest of a run: multi-host
+start-up, input checks that fail in one sentence before any compute, the training arrays of
+the config's schema and the sampler, the recipe's terms, restore-or-initialise from the
 latest complete checkpoint (on any device count), the loop with metrics, periodic and final
 checkpoints, SIGTERM handling (checkpoint, then return 'preempted'), a stop on a non-finite loss
 naming the step and the last good checkpoint, and the Hugging Face export.
@@ -28,8 +29,9 @@ import numpy as np
 from flax import nnx
 
 from ncjax import checkpoint as ckpt_lib
-from ncjax import convert, data, logs, masking, parallel, weights, words
+from ncjax import convert, data, logs, parallel, schemas, weights
 from ncjax import step as step_lib
+from ncjax import terms as terms_lib
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ _CHOICES = {
     "penalty.positions": ("all", "masked"),
     "data.remainder": ("drop", "pad"),
     "data.cda": ("none", "two_sided"),
+    "data.padding": ("clean", "attended_mask"),
     "model.dtype": tuple(_DTYPES),
     "parallel.distributed": ("auto", "on", "off"),
     "log.progress": ("auto", "on", "off"),
@@ -64,6 +67,10 @@ def check_config(config: Any) -> None:
         value = _get(config, key)
         if value not in allowed:
             raise ValueError(f"config {key}={value!r} is not one of {', '.join(map(repr, allowed))}.")
+    unknown = [t for t in config.loss.terms if t not in terms_lib.available()]
+    if unknown:
+        raise ValueError(f"config loss.terms names {unknown[0]!r}, which is no module of ncjax/terms; use one of "
+                         f"{', '.join(terms_lib.available())}.")
     p = config.penalty
     if p.alpha < 0 or not math.isfinite(p.alpha):
         raise ValueError(f"config penalty.alpha={p.alpha} must be a finite number >= 0.")
@@ -125,6 +132,19 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _model_overrides(m: Any) -> dict[str, float]:
+    """Dropout probabilities that replace the checkpoint's (a negative value keeps it)."""
+    out = {}
+    for key, field in (("hidden_dropout", "hidden_dropout_prob"),
+                       ("attention_dropout", "attention_probs_dropout_prob")):
+        value = float(m.get(key, -1.0))
+        if value >= 1.0:
+            raise ValueError(f"config model.{key}={value} must be below 1 (negative: keep the checkpoint's).")
+        if value >= 0:
+            out[field] = value
+    return out
+
+
 def _replace_head(model, head_source: str, config) -> None:
     donor, donor_config = convert.load_model(check_model_source(head_source, "model.head_source"))
     if (donor_config.hidden_size, donor_config.vocab_size) != (config.hidden_size, config.vocab_size):
@@ -135,18 +155,26 @@ def _replace_head(model, head_source: str, config) -> None:
     log.info("MLM head taken from %s", head_source)
 
 
+_COUNTS = ("masked_tokens", "tokens", "nc3_classes")
+
+
+def _losses(m: dict) -> dict:
+    """The total and the per-term losses of a metrics dict."""
+    return {k: v for k, v in m.items() if k == "loss" or k.startswith("loss/")}
+
+
 def _host_metrics(m: dict) -> dict:
     out = {}
     for k, v in parallel.to_host(m).items():
         v = np.asarray(v)
-        out[k] = bool(v) if v.dtype == np.bool_ else (int(v) if k in ("masked_tokens", "tokens", "nc3_classes") else float(v))
+        out[k] = bool(v) if v.dtype == np.bool_ else (int(v) if k in _COUNTS else float(v))
     return out
 
 
 def check_finite(step: int, metrics: dict, checkpointer: ckpt_lib.Checkpointer) -> None:
     """Raises FloatingPointError naming the step and the last complete checkpoint when the
     loss of `step` is NaN or infinite (after letting pending saves finish)."""
-    if math.isfinite(metrics["loss"]) and math.isfinite(metrics["mlm"]):
+    if all(math.isfinite(v) for v in _losses(metrics).values()):
         return
     checkpointer.wait()
     good = checkpointer.latest_step()
@@ -167,8 +195,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     pc = config.parallel
     parallel.initialize_distributed(pc.distributed, pc.coordinator_address, pc.num_processes, pc.process_id)
     check_config(config)
-    spec = data.spec_from_config(config.data)
-    data.check_corpus(spec)
+    schemas.check(config.data)
     model_src = check_model_source(config.model.path)
     if config.model.head_source:
         check_model_source(config.model.head_source, "model.head_source")
@@ -182,44 +209,27 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     if len(tokenizer) > model_config.vocab_size:
         raise ValueError(f"the tokenizer of {config.model.path} has {len(tokenizer)} tokens but the model only "
                          f"{model_config.vocab_size}; use the checkpoint's own tokenizer files.")
-    penalty_spec = step_lib.PenaltySpec.from_config(config.penalty)
-    class_ids = None
-    if penalty_spec.alpha > 0:
-        resolution = words.resolve(words.load_word_set(config.penalty.word_set), tokenizer, config.penalty.policy)
-        class_ids = np.asarray(resolution.ids, np.int32)
-        log.info("%s (full report: %s)", resolution.summary().splitlines()[0], workdir / "word_set.json")
-        if is_main:
-            logs.write_json_atomic(workdir / "word_set.json", resolution.to_dict())
-
     # The tokenised corpus: process 0 builds the cache, the others read it.
     cache_dir = Path(config.data.cache_dir or workdir / "cache")
     arrays = None
     if is_main:
-        arrays = data.load_corpus(spec, tokenizer, cache_dir=cache_dir,
-                                  position_limit=model_config.max_position_embeddings)
+        arrays = schemas.load(config.data, tokenizer, cache_dir=cache_dir,
+                              position_limit=model_config.max_position_embeddings)
     parallel.sync("ncjax_corpus")
     if arrays is None:
-        arrays = data.load_corpus(spec, tokenizer, cache_dir=cache_dir,
-                                  position_limit=model_config.max_position_embeddings)
-    num_examples, length = arrays["input_ids"].shape
+        arrays = schemas.load(config.data, tokenizer, cache_dir=cache_dir,
+                              position_limit=model_config.max_position_embeddings)
+    num_examples, length = arrays["input_ids"].shape[0], arrays["input_ids"].shape[-1]
     sampler = data.Sampler(num_examples, config.train.batch_size, config.seed, jax.process_index(),
                            jax.process_count(), drop_remainder=config.data.remainder == "drop",
                            shuffle=config.data.shuffle)
     total_steps = config.train.num_steps or config.train.num_epochs * sampler.steps_per_epoch
-    mask_spec = step_lib.MaskSpec(
-        special_ids=tuple(masking.special_token_ids(tokenizer)),
-        mask_id=int(tokenizer.mask_token_id),
-        vocab_size=model_config.vocab_size,
-        probability=float(config.data.mlm_probability),
-        max_predictions=int(config.data.max_predictions_per_seq
-                            or masking.default_max_predictions(length, config.data.mlm_probability)),
-    )
     log.info("%d examples of %d tokens, %d steps per epoch, %d steps, %d devices, %d processes",
              num_examples, length, sampler.steps_per_epoch, total_steps, mesh.devices.size, jax.process_count())
 
     model, model_config = convert.load_model(
         model_src, init_missing_head=config.model.init_missing_head, seed=config.seed,
-        dtype=_DTYPES[config.model.dtype], remat=config.model.remat,
+        dtype=_DTYPES[config.model.dtype], remat=config.model.remat, overrides=_model_overrides(config.model),
     )
     if config.model.head_source:
         _replace_head(model, config.model.head_source, model_config)
@@ -227,12 +237,17 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     params = nnx.to_pure_dict(param_state)
     del model, param_state
 
+    setup = terms_lib.Setup(config=config, tokenizer=tokenizer, model_config=model_config, length=length,
+                            fields=tuple(arrays), workdir=workdir, is_main=is_main, graphdef=graphdef,
+                            params=params)
+    loss_terms = terms_lib.build(config, setup)
+    del setup
+    log.info("loss = %s", " + ".join(f"{t.weight:g} * {t.name}" for t in loss_terms))
     schedule = step_lib.make_schedule(config.optim, total_steps)
     tx = step_lib.make_optimizer(config.optim, schedule)
-    step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, masking=mask_spec,
-                              penalty_spec=penalty_spec, class_ids=class_ids, dropout=config.model.dropout)
-    penalty_shape = (len(class_ids), model_config.hidden_size) if class_ids is not None else None
-    state = step_lib.init_state(params, tx, mesh, penalty_shape)
+    step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, terms=loss_terms,
+                                       dropout=config.model.dropout)
+    state = step_lib.init_state(params, tx, mesh, loss_terms)
     del params
     log.info("train state initialised (%d parameters)", sum(x.size for x in jax.tree.leaves(state["params"])))
 
@@ -242,7 +257,12 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         position = 0
         start = checkpointer.latest_step()
         if start is not None:
-            state, meta = checkpointer.restore(start, ckpt_lib.abstract_like(state))
+            try:
+                state, meta = checkpointer.restore(start, ckpt_lib.abstract_like(state))
+            except ValueError:  # orbax's message is a multi-line tree diff
+                raise ValueError(f"checkpoint {checkpointer.step_path(start)} holds a train state of another layout "
+                                 "(another recipe's loss terms or model, or an older ncjax); resume it with the "
+                                 "config it was written with, or use a new --workdir.") from None
             position = int(meta["sampler_position"])
             if meta.get("num_examples") != num_examples:
                 log.warning("the corpus now has %d examples, the checkpoint was written with %s; the data order "
@@ -290,7 +310,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                     m["epoch"] = s / sampler.steps_per_epoch
                     writer.write(s, m)
                     last_logged = {"step": s, **m}
-                    log.info("step %d: loss %.4f mlm %.4f nc3 %.4f", s, m["loss"], m["mlm"], m["nc3"])
+                    log.info("step %d: %s", s, " ".join(f"{k} {v:.4f}" for k, v in _losses(m).items()))
                 writer.advance(s)
 
             while step < total_steps:

@@ -82,13 +82,44 @@ def test_read_texts_formats_cda_and_errors(tmp_path):
         data.read_texts(_spec(tmp_path / "c.xyz"), tmp_path)
 
 
-def test_bundled_corpus_is_the_shared_file():
-    path, fmt, field = data.resolve_corpus("bundled:gap_flipped")
-    assert (fmt, field) == ("tsv", "Text") and path.is_file()
+@pytest.mark.parametrize("name,digests", [
+    ("gap_flipped", ["d4857fd416a16a636ccc74b84041d887df0d2c66b34dec4694222439bd226479"]),
+    ("gap", ["b9a01434fcf58d8c2f9bc762480c27e58ce466cf1ffe8b09cfecbc7a20d2d634",
+             "2d784f66b390404f554704b9aef6dcde8845e79dda9886b8391cf7e9a24fdb98",
+             "1c35e36d5b14f6313ec3f6cd67b275de282595dd59e59390e00cfff9897a6819"]),
+    ("wikitext2", ["f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+                   "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"]),
+])
+def test_bundled_corpora_are_the_recorded_files(name, digests):
     import hashlib
 
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == (
-        "d4857fd416a16a636ccc74b84041d887df0d2c66b34dec4694222439bd226479")
+    sources = data.resolve_corpus(f"bundled:{name}")
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p, _, _ in sources] == digests
+    assert {(fmt, field) for _, fmt, field in sources} == {
+        "gap_flipped": {("tsv", "Text")}, "gap": {("tsv", "Text")}, "wikitext2": {("wikitext", "text")}}[name]
+
+
+def test_wikitext_cleaning_and_several_sources(tmp_path):
+    raw = [" \n", " = Heading = \n", " The 1 @,@ 000 well @-@ known <unk> cost 2 @.@ 5 . \n", "\n"]
+    assert data.wikitext_paragraphs(raw) == ["The 1,000 well-known [UNK] cost 2.5 ."]
+    tokens = tmp_path / "w.tokens"
+    tokens.write_text("".join(raw))
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("Text\nShe was a nurse.\n")
+    spec = data.CorpusSpec(path=f"{tokens}, {tsv}", text_field="Text")
+    assert data.read_texts(spec, tmp_path) == ["The 1,000 well-known [UNK] cost 2.5 .", "She was a nurse."]
+    with pytest.raises(ValueError, match="data.path 'bundled:nope' names no bundled corpus"):
+        data.check_corpus(data.CorpusSpec(path="bundled:nope"))
+
+
+def test_attended_mask_padding_reproduces_bec(tokenizer):
+    clean = data.tokenize(["he was a nurse"], tokenizer, 8)
+    bec = data.tokenize(["he was a nurse"], tokenizer, 8, padding="attended_mask")
+    real = clean["attention_mask"][0] > 0
+    assert not real.all()
+    np.testing.assert_array_equal(bec["input_ids"][0, real], clean["input_ids"][0, real])
+    assert (bec["input_ids"][0, ~real] == tokenizer.mask_token_id).all()
+    assert (bec["attention_mask"] == 1).all()
 
 
 def test_load_corpus_tokenises_and_caches(tmp_path, tokenizer):

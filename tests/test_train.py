@@ -127,7 +127,7 @@ def _state(workdir: Path):
     return step, jax.tree.map(np.asarray, restored["state"])
 
 
-def _losses(workdir: Path, key="mlm"):
+def _losses(workdir: Path, key="loss/mlm"):
     return [(r["step"], r[key]) for r in logs.read_metrics(workdir / "metrics.jsonl")]
 
 
@@ -190,16 +190,16 @@ def test_end_to_end_outputs(reference):
     assert result["status"] == "completed" and result["step"] == STEPS
     records = logs.read_metrics(workdir / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    for key in ("loss", "mlm", "nc3", "nc3_valid", "grad_norm", "lr", "tokens_per_s"):
+    for key in ("loss", "loss/mlm", "loss/nc3", "nc3_valid", "grad_norm", "lr", "tokens_per_s"):
         assert key in records[-1], key
-    mlm = [r["mlm"] for r in records]
+    mlm = [r["loss/mlm"] for r in records]
     assert np.mean(mlm[-4:]) < np.mean(mlm[:4]) - 0.1, mlm
     assert all(np.isfinite(r["loss"]) for r in records)
     # linear decay without warm-up, as transformers' get_linear_schedule_with_warmup(0, N)
     np.testing.assert_allclose([r["lr"] for r in records], [5e-3 * (1 - s / STEPS) for s in range(STEPS)], rtol=1e-6)
     # the loss is MLM + alpha * NC3 (alpha 1 in :tiny) and the penalty is active
-    np.testing.assert_allclose([r["loss"] for r in records], [r["mlm"] + r["nc3"] for r in records], rtol=1e-5)
-    assert records[-1]["nc3_valid"] and records[-1]["nc3"] > 0
+    np.testing.assert_allclose([r["loss"] for r in records], [r["loss/mlm"] + r["loss/nc3"] for r in records], rtol=1e-5)
+    assert records[-1]["nc3_valid"] and records[-1]["loss/nc3"] > 0
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["num_steps"] == STEPS and config["penalty"]["mode"] == "reference"
     with Checkpointer(workdir / "checkpoints") as ck:
@@ -255,17 +255,18 @@ def test_one_device_matches_eight(base_config, reference, tmp_path):
     np.testing.assert_allclose([v for _, v in resumed], [v for _, v in ref][8:], rtol=LOSS_RTOL)
 
 
-def test_sigkill_then_rerun_is_bit_identical(base_config, reference, tmp_path):
-    """Killed (SIGKILL) two steps after the step-4 checkpoint; the rerun resumes from step 4."""
-    workdir = tmp_path / "killed"
+def kill_after_checkpoint_then_rerun(config, workdir: Path, reference_dir: Path, every: int) -> None:
+    """Runs `config` in a subprocess that SIGKILLs itself two steps after the step-`every`
+    checkpoint, reruns it in this process, and asserts that the log and every array of the final
+    state (parameters, optimiser state, loss-term state) equal the uninterrupted run's."""
     code = f"""
 import ncjax.logs as logs
 from ncjax.train import train_and_evaluate
 write = logs.MetricWriter.write
 def write_then_die(self, step, metrics):
     write(self, step, metrics)
-    if step == {EVERY + 2}:
-        done = Path(workdir) / "checkpoints" / "{EVERY}"
+    if step == {every + 2}:
+        done = Path(workdir) / "checkpoints" / "{every}"
         t = time.time()
         while not done.is_dir() and time.time() - t < 60:
             time.sleep(0.05)
@@ -273,22 +274,28 @@ def write_then_die(self, step, metrics):
 logs.MetricWriter.write = write_then_die
 train_and_evaluate(config, workdir)
 """
-    proc = _subprocess(code, base_config, workdir)
+    proc = _subprocess(code, config, workdir)
     out = _finish(proc, 240)
     assert proc.returncode == -signal.SIGKILL, out[-3000:]
     with Checkpointer(workdir / "checkpoints") as ck:
-        assert ck.latest_step() == EVERY
-    assert max(s for s, _ in _losses(workdir)) >= EVERY + 1
+        assert ck.latest_step() == every
+    assert max(s for s, _ in _losses(workdir)) >= every + 1
 
-    result = _run(base_config, workdir)
+    result = _run(config, workdir)
     assert result["status"] == "completed"
     # the log describes one trajectory, identical to the uninterrupted run's
-    assert _losses(workdir) == _losses(reference[0])
-    _, a = _state(reference[0])
+    assert _losses(workdir) == _losses(reference_dir)
+    _, a = _state(reference_dir)
     _, b = _state(workdir)
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_sigkill_then_rerun_is_bit_identical(base_config, reference, tmp_path):
+    """Killed (SIGKILL) two steps after the step-4 checkpoint; the rerun resumes from step 4."""
+    kill_after_checkpoint_then_rerun(base_config, tmp_path / "killed", reference[0], EVERY)
+    assert "nc3" in _state(reference[0])[1]["terms"]  # the NC3 statistics were part of the comparison
 
 
 def test_sigterm_saves_and_exits_zero(base_config, tmp_path):
@@ -427,10 +434,10 @@ def test_non_finite_loss_stops_naming_step_and_checkpoint(base_config, tiny_bert
 
     with Checkpointer(tmp_path / "ck") as ck:
         ck.save(8, {"x": jax.numpy.zeros(3)}, {"step": 8})
-        check_finite(9, {"loss": 1.5, "mlm": 1.5}, ck)
+        check_finite(9, {"loss": 1.5, "loss/mlm": 1.5}, ck)
         with pytest.raises(FloatingPointError, match=r"^the loss became inf at step 9; training stopped and the last "
                                                      r"good checkpoint is .*ck/8 \(step 8\)\.$"):
-            check_finite(9, {"loss": float("inf"), "mlm": 2.0}, ck)
+            check_finite(9, {"loss": float("inf"), "loss/mlm": 2.0}, ck)
 
 
 # ----------------------------------------------------------------------------- penalty wiring
@@ -451,7 +458,7 @@ def _fake_output(rng, b, length, p, h):
 ])
 def test_penalty_inputs_select_features_and_classes(positions, features, labels, shift):
     """What the NC3 statistics read, against numpy gathers of the same arrays."""
-    from ncjax.step import PenaltySpec, _penalty_inputs
+    from ncjax.terms.nc3 import PenaltySpec, penalty_inputs
 
     rng = np.random.default_rng(0)
     b, length, p, h = 3, 6, 2, 4
@@ -474,7 +481,7 @@ def test_penalty_inputs_select_features_and_classes(positions, features, labels,
     if positions == "masked":
         out = out._replace(mlm_hidden=jax.numpy.asarray(transform(np.take_along_axis(last, pos[..., None], 1))))
     spec = PenaltySpec(mode="batch", positions=positions, features=features, labels=labels, label_shift=shift)
-    feats, lab, wts = (np.asarray(x) for x in _penalty_inputs(Model(), out, {"input_ids": ids, "attention_mask": att},
+    feats, lab, wts = (np.asarray(x) for x in penalty_inputs(Model(), out, {"input_ids": ids, "attention_mask": att},
                                                                  masks, spec))
     source = masked_ids if labels == "input" else ids
     if positions == "all":
@@ -510,17 +517,23 @@ def test_variant_steps_trace(variant, base_config, tiny_bert_dir):
     mesh = parallel.make_mesh(0)
     schedule = step_lib.make_schedule(c.optim, 10)
     tx = step_lib.make_optimizer(c.optim, schedule)
-    spec = step_lib.PenaltySpec.from_config(c.penalty)
-    step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=0,
-                                 masking=step_lib.MaskSpec((0, 2, 3, 4), 4, 54, 0.15, 6), penalty_spec=spec,
-                                 class_ids=np.array([5, 6, 7, 8]), dropout=True)
+    from ncjax.terms import mlm, nc3
+
+    spec = nc3.PenaltySpec.from_config(c.penalty)
+    masking = mlm.MaskSpec((0, 2, 3, 4), 4, 54, 0.15, 6)
+    loss_terms = [mlm.MLM(masking)]
+    if spec.alpha > 0:
+        loss_terms.append(nc3.NC3(spec, masking, np.array([5, 6, 7, 8], np.int32), 32))
+    step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=0, terms=loss_terms, dropout=True)
     shape = jax.ShapeDtypeStruct
     state = {"step": shape((), np.int32), "params": jax.tree.map(lambda x: shape(x.shape, x.dtype), params)}
     state["opt_state"] = jax.eval_shape(tx.init, state["params"])
     if spec.alpha > 0:
-        state["penalty"] = {"sums": shape((4, 32), np.float32), "counts": shape((4,), np.float32)}
+        state["terms"] = {"nc3": {"sums": shape((4, 32), np.float32), "counts": shape((4,), np.float32)}}
     batch = {"input_ids": shape((8, 16), np.int32), "attention_mask": shape((8, 16), np.int32)}
     new_state, metrics = jax.eval_shape(step_fn, state, batch)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
-    assert set(metrics) == {"loss", "mlm", "nc3", "nc3_valid", "nc3_classes", "grad_norm", "lr", "masked_tokens",
-                            "tokens"}
+    want = {"loss", "loss/mlm", "grad_norm", "lr", "masked_tokens", "tokens"}
+    if spec.alpha > 0:
+        want |= {"loss/nc3", "nc3_valid", "nc3_classes"}
+    assert set(metrics) == want

@@ -1,0 +1,1 @@
+"""Training recipes (ml_collections config files); `common` holds what they share."""
