@@ -49,6 +49,12 @@ def base() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
     c.model.remat = False  # recompute each layer in the backward pass (saves memory)
     c.model.dropout = True  # dropout as in the model config (off: deterministic forward)
+    c.model.attention_dropout = -1.0  # -1 = the model config's; 0 lets training use the fused attention
+    c.model.attention = "auto"  # 'auto': jax.nn.dot_product_attention where no attention dropout applies; 'exact'
+    c.model.attention_impl = ""  # '' lets JAX choose; 'xla' or 'cudnn' (GPU flash attention)
+    c.model.dropout_rng = "auto"  # dropout PRNG: 'auto' (rbg on GPU/TPU, threefry on CPU), threefry2x32, rbg, unsafe_rbg
+    c.model.scan_layers = False  # run the layers as one lax.scan (compiles one layer instead of all)
+    c.model.remat_policy = "nothing"  # with remat: what a layer keeps for the backward pass (nothing, dots, dots_no_batch)
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "bundled:gap_flipped"  # bundled:NAME, a tsv/csv/jsonl/text file, or a hub dataset

@@ -29,6 +29,7 @@ from flax import nnx
 
 from ncjax import checkpoint as ckpt_lib
 from ncjax import convert, data, logs, masking, parallel, weights, words
+from ncjax import model as model_lib
 from ncjax import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ _CHOICES = {
     "data.remainder": ("drop", "pad"),
     "data.cda": ("none", "two_sided"),
     "model.dtype": tuple(_DTYPES),
+    "model.attention": model_lib.ATTENTION,
+    "model.attention_impl": ("",) + model_lib.ATTENTION_IMPL,
+    "model.dropout_rng": model_lib.DROPOUT_RNG,
+    "model.remat_policy": tuple(model_lib.REMAT_POLICIES),
     "parallel.distributed": ("auto", "on", "off"),
     "log.progress": ("auto", "on", "off"),
 }
@@ -83,8 +88,21 @@ def check_config(config: Any) -> None:
         raise ValueError(f"config data.mlm_probability={config.data.mlm_probability} must be in (0, 1).")
     if config.optim.learning_rate <= 0:
         raise ValueError(f"config optim.learning_rate={config.optim.learning_rate} must be positive.")
+    if config.model.attention_dropout >= 1.0:
+        raise ValueError(f"config model.attention_dropout={config.model.attention_dropout} must be -1 or in [0, 1).")
     if config.checkpoint.every_steps <= 0 or config.train.log_every_steps <= 0:
         raise ValueError("config checkpoint.every_steps and train.log_every_steps must be positive.")
+
+
+def model_options(m: Any) -> dict:
+    """The `BertForMaskedLM` options of a config's `model` block."""
+    return {
+        "attention": m.attention,
+        "attention_impl": m.attention_impl or None,
+        "attention_dropout": None if m.attention_dropout < 0 else m.attention_dropout,
+        "scan_layers": m.scan_layers,
+        "remat_policy": m.remat_policy,
+    }
 
 
 def check_model_source(path: str, key: str = "model.path") -> Path:
@@ -219,7 +237,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
 
     model, model_config = convert.load_model(
         model_src, init_missing_head=config.model.init_missing_head, seed=config.seed,
-        dtype=_DTYPES[config.model.dtype], remat=config.model.remat,
+        dtype=_DTYPES[config.model.dtype], remat=config.model.remat, **model_options(config.model),
     )
     if config.model.head_source:
         _replace_head(model, config.model.head_source, model_config)
@@ -230,7 +248,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     schedule = step_lib.make_schedule(config.optim, total_steps)
     tx = step_lib.make_optimizer(config.optim, schedule)
     step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, masking=mask_spec,
-                              penalty_spec=penalty_spec, class_ids=class_ids, dropout=config.model.dropout)
+                              penalty_spec=penalty_spec, class_ids=class_ids, dropout=config.model.dropout,
+                              dropout_rng=config.model.dropout_rng)
     penalty_shape = (len(class_ids), model_config.hidden_size) if class_ids is not None else None
     state = step_lib.init_state(params, tx, mesh, penalty_shape)
     del params
