@@ -118,6 +118,7 @@ def base() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True  # <workdir>/tensorboard, if tensorboardX is installed
     c.log.progress = "auto"  # tqdm bar: 'auto' (on a terminal), 'on', 'off'
+    c.log.peak_tflops = 0.0  # per-device peak for the `mfu` metric; 0 = ncjax.flops table (none for CPUs)
     return c
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from ncjax import checkpoint as ckpt_lib
-from ncjax import convert, data, logs, masking, parallel, weights, words
+from ncjax import convert, data, flops, logs, masking, parallel, weights, words
 from ncjax import model as model_lib
 from ncjax import step as step_lib
 
@@ -88,6 +88,8 @@ def check_config(config: Any) -> None:
         raise ValueError(f"config data.mlm_probability={config.data.mlm_probability} must be in (0, 1).")
     if config.optim.learning_rate <= 0:
         raise ValueError(f"config optim.learning_rate={config.optim.learning_rate} must be positive.")
+    if config.log.peak_tflops < 0:
+        raise ValueError(f"config log.peak_tflops={config.log.peak_tflops} must be >= 0 (0 = from the device table).")
     if config.model.attention_dropout >= 1.0:
         raise ValueError(f"config model.attention_dropout={config.model.attention_dropout} must be -1 or in [0, 1).")
     if config.checkpoint.every_steps <= 0 or config.train.log_every_steps <= 0:
@@ -250,6 +252,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, masking=mask_spec,
                               penalty_spec=penalty_spec, class_ids=class_ids, dropout=config.model.dropout,
                               dropout_rng=config.model.dropout_rng)
+    step_flops = flops.train_step_flops(model_config, config.train.batch_size, length, mask_spec.max_predictions)
+    peak = flops.peak_flops(mesh.devices.flat[0].device_kind, config.model.dtype, config.log.peak_tflops)
     penalty_shape = (len(class_ids), model_config.hidden_size) if class_ids is not None else None
     state = step_lib.init_state(params, tx, mesh, penalty_shape)
     del params
@@ -289,7 +293,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                                tensorboard=config.log.tensorboard, progress=progress) as writer, \
                 _Preemption() as preemption:
             pending: tuple[int, dict] | None = None
-            window = {"tokens": 0, "t0": None}
+            window = {"tokens": 0, "steps": 0, "t0": None}
 
             def settle(item: tuple[int, dict]) -> None:
                 """Fetches one step's metrics, stops on a non-finite loss, logs on the interval."""
@@ -302,10 +306,13 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                     window["t0"] = now
                 else:
                     window["tokens"] += m["tokens"]
+                    window["steps"] += 1
                 if s % config.train.log_every_steps == 0 or s in (1, total_steps):
                     elapsed = now - window["t0"]
                     m["tokens_per_s"] = window["tokens"] / elapsed if elapsed > 0 and window["tokens"] else 0.0
-                    window.update(tokens=0, t0=now)
+                    if peak and window["steps"] and elapsed > 0:
+                        m["mfu"] = flops.mfu(step_flops, window["steps"] / elapsed, peak, mesh.devices.size)
+                    window.update(tokens=0, steps=0, t0=now)
                     m["epoch"] = s / sampler.steps_per_epoch
                     writer.write(s, m)
                     last_logged = {"step": s, **m}
