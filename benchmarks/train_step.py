@@ -1,6 +1,6 @@
-"""One MLM + NC3 train step: ncjax's jitted step vs the PyTorch reference step, same CPU, one process.
+"""One MLM + NC3 train step: ncjax's jitted step vs PyTorch, two comparisons in one run.
 
-Reference (what the paper's released BEC + NC3 code does per step): transformers
+Paper reference (what the paper's released BEC + NC3 code does per step): transformers
 `BertForMaskedLM` in train mode (dropout on) with logits at every position and the MLM loss on
 the masked ones (15 %, 80/10/10 masking on the host), then the released NC3 algorithm: the last
 encoder layer paired with the next input token, class statistics accumulated with a
@@ -8,23 +8,37 @@ tokens x vocabulary one-hot (`one_hot(Y, V).T @ X`), the unbiased std of cos(W[c
 over the gender ids present, loss = MLM + 100 * NC3, backward, gradient clipping 1.0, AdamW
 (lr 2e-5, eps 1e-8, no weight decay) and a linear schedule.
 
-ncjax: `ncjax.step.make_train_step` with the same recipe (configs/bert_nc3.py defaults):
-masking on device, logits only at the masked positions, NC3 `reference` mode with K slots
-instead of the vocabulary, one jitted step with the state donated. Also timed: the same step with
-alpha 0 (MLM only), to show what the penalty costs.
+Like for like (the framework's share): PyTorch given ncjax's algorithm: masking on the device
+with the same static cap of P predictions a row, the MLM head (transform + decoder) only at those
+P positions, and the NC3 class statistics over K class slots (a tokens x (K + 1) one-hot) instead
+of the vocabulary; the same optimiser. Also with `torch.compile` of the forward and loss, where it
+compiles.
 
-Both use random bert-base-shaped weights (12 layers, hidden 768, vocab 30522) and the 271
+ncjax: `ncjax.step.make_train_step` with the `configs/bert_nc3.py` recipe (masking on device,
+logits at the masked positions only, NC3 `reference` mode over K class slots, one jitted step with
+the state donated).
+
+Both sides use the same random weights (ncjax's copied into the PyTorch model) and the 271
 GN-GloVe first-piece gender ids of the bert-base-uncased vocabulary (from the MiniLM package).
+Each side runs in its own process (XLA's and PyTorch's thread pools disturb each other inside one
+process); the parent alternates them in rounds, so load changes on the machine hit both sides.
+Reported: median and spread (min-max) of the timed steps after a compile/warm-up call (its time
+is reported separately), tokens/s, model TFLOP/s (`ncjax.flops`, the like-for-like work) and MFU
+where the device's peak is known. On a GPU, `--device cuda --dtype bfloat16` runs PyTorch under
+bf16 autocast with SDPA attention and ncjax with bf16 compute.
 
-    python benchmarks/train_step.py               # bert-base, batch 16 x 128, ~5 minutes on 2 cores
-    python benchmarks/train_step.py --layers 2    # quick smoke run
+    python benchmarks/train_step.py                                   # bert-base, batch 16 x 128
+    python benchmarks/train_step.py --layers 6 --hidden 384 --length 64   # MiniLM shape, 16 x 64
+    python benchmarks/train_step.py --device cuda --dtype bfloat16 --batch 64   # GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,43 +49,19 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from ncjax import convert, masking, parallel, step, words  # noqa: E402
+from ncjax import convert, flops, masking, parallel, step, words  # noqa: E402
 from ncjax.model import BertConfig, BertForMaskedLM  # noqa: E402
 
-
-def _time_steps(run_step, warmup: int, steps: int) -> float:
-    """Mean seconds per step after `warmup` untimed steps (the first one compiles)."""
-    for _ in range(warmup):
-        run_step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        run_step()
-    return (time.perf_counter() - t) / steps
-
-
-def _ncjax_step_time(cfg, graphdef, params, class_ids, tokenizer, batch, alpha, warmup, steps, total_steps):
-    config = _config()
-    config.penalty.alpha = alpha
-    mesh = parallel.make_mesh(1)
-    schedule = step.make_schedule(config.optim, total_steps)
-    tx = step.make_optimizer(config.optim, schedule)
-    length = batch["input_ids"].shape[1]
-    mask_spec = step.MaskSpec(tuple(masking.special_token_ids(tokenizer)), tokenizer.mask_token_id, cfg.vocab_size,
-                              0.15, masking.default_max_predictions(length, 0.15))
-    step_fn = step.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=42, masking=mask_spec,
-                                    penalty_spec=step.PenaltySpec.from_config(config.penalty),
-                                    class_ids=class_ids if alpha > 0 else None, dropout=True)
-    state = step.init_state(params, tx, mesh, (len(class_ids), cfg.hidden_size) if alpha > 0 else None)
-    global_batch = parallel.global_batch(batch, mesh)
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = step_fn(holder["state"], global_batch)
-        jax.block_until_ready(metrics)
-        return metrics
-
-    seconds = _time_steps(run, warmup, steps)
-    return seconds, {k: float(v) for k, v in jax.device_get(run()).items()}
+ALPHA = 100.0
+TOTAL_STEPS = 2465  # the paper recipe: 3 epochs of GAP-flipped at batch 16
+SIDES = ("torch_reference", "torch_matched", "torch_compiled", "ncjax", "ncjax_mlm")
+LABELS = {
+    "torch_reference": "PyTorch paper reference: all-position logits + released NC3 (vocab one-hot)",
+    "torch_matched": "PyTorch like for like: masked-position head + K-slot NC3",
+    "torch_compiled": "PyTorch like for like, torch.compile",
+    "ncjax": "ncjax: masked-position head + NC3 reference mode",
+    "ncjax_mlm": "ncjax: MLM only (alpha 0)",
+}
 
 
 def _config():
@@ -83,38 +73,73 @@ def _config():
     return module.get_config()
 
 
-def _torch_step_time(torch_model, class_ids, tokenizer, batch, warmup, steps, total_steps, alpha=100.0):
+# ----------------------------------------------------------------------------- one step per side
+# Each builder returns run(): one train step, finished on the device, returning its metrics.
+
+
+def _ncjax_step(cfg, graphdef, params, class_ids, tokenizer, batch, alpha, dtype):
+    config = _config()
+    config.penalty.alpha = alpha
+    mesh = parallel.make_mesh(1)
+    schedule = step.make_schedule(config.optim, TOTAL_STEPS)
+    tx = step.make_optimizer(config.optim, schedule)
+    length = batch["input_ids"].shape[1]
+    mask_spec = step.MaskSpec(tuple(masking.special_token_ids(tokenizer)), tokenizer.mask_token_id, cfg.vocab_size,
+                              0.15, masking.default_max_predictions(length, 0.15))
+    step_fn = step.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=42, masking=mask_spec,
+                                   penalty_spec=step.PenaltySpec.from_config(config.penalty),
+                                   class_ids=class_ids if alpha > 0 else None, dropout=True)
+    holder = {"state": step.init_state(params, tx, mesh, (len(class_ids), cfg.hidden_size) if alpha > 0 else None)}
+    global_batch = parallel.global_batch(batch, mesh)
+
+    def run():
+        holder["state"], metrics = step_fn(holder["state"], global_batch)
+        jax.block_until_ready((holder["state"], metrics))
+        return {k: float(metrics[k]) for k in ("loss", "mlm", "nc3")}
+
+    return run
+
+
+def _torch_optimizer(torch_model):
+    import torch
+
+    optimizer = torch.optim.AdamW(torch_model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, (TOTAL_STEPS - s) / TOTAL_STEPS))
+    return optimizer, scheduler
+
+
+def _torch_reference_step(torch_model, class_ids, tokenizer, batch, device, autocast):
+    """The paper's released step (see the module docstring)."""
     import torch
 
     vocab = torch_model.config.vocab_size
-    ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
-    mask = torch.from_numpy(batch["attention_mask"].astype(np.int64))
-    special = torch.tensor(sorted(set(masking.special_token_ids(tokenizer))))
-    gender = torch.tensor(class_ids.astype(np.int64))
-    counts = torch.zeros(vocab)
-    totals = torch.zeros(vocab, torch_model.config.hidden_size)
-    optimizer = torch.optim.AdamW(torch_model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, (total_steps - s) / total_steps))
+    ids = torch.from_numpy(batch["input_ids"].astype(np.int64)).to(device)
+    mask = torch.from_numpy(batch["attention_mask"].astype(np.int64)).to(device)
+    special = torch.tensor(sorted(set(masking.special_token_ids(tokenizer))), device=device)
+    gender = torch.tensor(class_ids.astype(np.int64), device=device)
+    counts = torch.zeros(vocab, device=device)
+    totals = torch.zeros(vocab, torch_model.config.hidden_size, device=device)
+    optimizer, scheduler = _torch_optimizer(torch_model)
     eps = float(np.finfo(np.float32).eps)
     torch_model.train()
-    last = {}
 
     def run():
-        # host-side dynamic masking, as the reference's mask_tokens
+        # dynamic masking, as the reference's mask_tokens
         inputs, labels = ids.clone(), ids.clone()
-        prob = torch.full(labels.shape, 0.15)
+        prob = torch.full(labels.shape, 0.15, device=device)
         prob[torch.isin(labels, special) | (mask == 0)] = 0.0
         chosen = torch.bernoulli(prob).bool()
         labels[~chosen] = -100
-        replace = torch.bernoulli(torch.full(labels.shape, 0.8)).bool() & chosen
+        replace = torch.bernoulli(torch.full(labels.shape, 0.8, device=device)).bool() & chosen
         inputs[replace] = tokenizer.mask_token_id
-        rand = torch.bernoulli(torch.full(labels.shape, 0.5)).bool() & chosen & ~replace
-        inputs[rand] = torch.randint(vocab, labels.shape)[rand]
+        rand = torch.bernoulli(torch.full(labels.shape, 0.5, device=device)).bool() & chosen & ~replace
+        inputs[rand] = torch.randint(vocab, labels.shape, device=device)[rand]
 
         optimizer.zero_grad(set_to_none=True)
-        out = torch_model(input_ids=inputs, attention_mask=mask, labels=labels, output_hidden_states=True)
+        with autocast():
+            out = torch_model(input_ids=inputs, attention_mask=mask, labels=labels, output_hidden_states=True)
         # the released NC3: last layer at t paired with input id t + 1, full-vocabulary one-hot totals
-        h = out.hidden_states[-1].detach() * mask[..., None]
+        h = out.hidden_states[-1].detach().float() * mask[..., None]
         keep = mask[:, 1:].bool()
         x, y = h[:, :-1][keep], inputs[:, 1:][keep]
         onehot = torch.nn.functional.one_hot(y, vocab).float()  # tokens x vocabulary
@@ -126,15 +151,235 @@ def _torch_step_time(torch_model, class_ids, tokenizer, batch, warmup, steps, to
         w = torch_model.cls.predictions.decoder.weight[have]
         sims = torch.sum(centred / (centred.norm(dim=1, keepdim=True) + eps) * (w / (w.norm(dim=1, keepdim=True) + eps)), 1)
         nc3 = sims.std()
-        loss = out.loss + alpha * nc3
+        loss = out.loss + ALPHA * nc3
         loss.backward()
         torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        last.update(loss=float(loss.detach()), mlm=float(out.loss.detach()), nc3=float(nc3.detach()))
+        return {"loss": float(loss.detach()), "mlm": float(out.loss.detach()), "nc3": float(nc3.detach())}
 
-    seconds = _time_steps(run, warmup, steps)
-    return seconds, dict(last)
+    return run
+
+
+def _torch_matched_step(torch_model, class_ids, tokenizer, batch, device, autocast, compile_forward):
+    """PyTorch given ncjax's algorithm: on-device masking with a cap of P predictions a row (the
+    same top-k rule as `ncjax.masking.mask_tokens`), head at those P positions, K-slot statistics."""
+    import torch
+    import torch.nn.functional as F
+
+    vocab, hidden = torch_model.config.vocab_size, torch_model.config.hidden_size
+    ids = torch.from_numpy(batch["input_ids"].astype(np.int64)).to(device)
+    mask = torch.from_numpy(batch["attention_mask"].astype(np.int64)).to(device)
+    special = torch.tensor(sorted(set(masking.special_token_ids(tokenizer))), device=device)
+    p = masking.default_max_predictions(ids.shape[1], 0.15)
+    k = len(class_ids)
+    slot_table = torch.full((vocab,), k, dtype=torch.long, device=device)
+    slot_table[torch.tensor(class_ids.astype(np.int64), device=device)] = torch.arange(k, device=device)
+    gender = torch.tensor(class_ids.astype(np.int64), device=device)
+    counts = torch.zeros(k, device=device)
+    totals = torch.zeros(k, hidden, device=device)
+    optimizer, scheduler = _torch_optimizer(torch_model)
+    eps = float(np.finfo(np.float32).eps)
+    rows = torch.arange(ids.shape[0], device=device)[:, None]
+    torch_model.train()
+
+    def forward(inputs, positions, labels, weights):
+        last = torch_model.bert(input_ids=inputs, attention_mask=mask).last_hidden_state
+        picked = last.gather(1, positions[..., None].expand(-1, -1, hidden))
+        logits = torch_model.cls(picked).float()
+        nll = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), reduction="none")
+        mlm = (nll * weights.reshape(-1)).sum() / weights.sum().clamp(min=1.0)
+        return mlm, last
+
+    forward_fn = torch.compile(forward) if compile_forward else forward
+
+    def run():
+        u = torch.rand(ids.shape, device=device)
+        candidate = (mask > 0) & ~torch.isin(ids, special)
+        score = torch.where(candidate & (u < 0.15), u, torch.full_like(u, 2.0))
+        neg, positions = torch.topk(-score, p, dim=1)
+        weights = (neg > -2.0).float()
+        chosen = torch.zeros_like(candidate).index_put_((rows.expand(-1, p), positions), weights > 0)
+        kind = torch.rand(ids.shape, device=device)
+        inputs = torch.where(chosen & (kind < 0.8), torch.full_like(ids, tokenizer.mask_token_id), ids)
+        inputs = torch.where(chosen & (kind >= 0.8) & (kind < 0.9), torch.randint_like(ids, vocab), inputs)
+        labels = ids.gather(1, positions)
+
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            mlm, last = forward_fn(inputs, positions, labels, weights)
+        # NC3 reference mode over K slots: next-token classes, running sums, presence-masked std
+        x = (last.detach().float() * mask[..., None])[:, :-1].reshape(-1, hidden)
+        onehot = F.one_hot(slot_table[inputs[:, 1:].reshape(-1)], k + 1)[:, :k].float() * mask[:, 1:].reshape(-1, 1)
+        counts.add_(onehot.sum(0))
+        totals.add_(onehot.T @ x)
+        present = counts > 0
+        means = totals[present] / (counts[present][:, None] + eps)
+        centred = means - means.mean(0)
+        w = torch_model.cls.predictions.decoder.weight[gender[present]]
+        sims = torch.sum(centred / (centred.norm(dim=1, keepdim=True) + eps) * (w / (w.norm(dim=1, keepdim=True) + eps)), 1)
+        nc3 = sims.std()
+        loss = mlm + ALPHA * nc3
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        return {"loss": float(loss.detach()), "mlm": float(mlm.detach()), "nc3": float(nc3.detach())}
+
+    return run
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+
+def _model_config(args) -> BertConfig:
+    return BertConfig(num_hidden_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
+                      intermediate_size=4 * args.hidden, attention_probs_dropout_prob=args.attention_dropout)
+
+
+def _inputs(args, cfg, tokenizer, class_ids):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
+    # every sequence carries gender words so the penalty has classes from the first step
+    ids[:, 1:-1:7] = rng.choice(class_ids, size=ids[:, 1:-1:7].shape)
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def _build(side: str, args):
+    """The side's run() on the shared random weights and batch (rebuilt identically per process)."""
+    import jax.numpy as jnp
+
+    tokenizer = convert.load_tokenizer(convert.minilm_dir())  # the bert-base-uncased vocabulary
+    class_ids = np.asarray(words.resolve(words.bundled("gender-gnglove"), tokenizer, "first_piece").ids, np.int32)
+    cfg = _model_config(args)
+    batch = _inputs(args, cfg, tokenizer, class_ids)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0), dtype=dtype)
+    if side.startswith("ncjax"):
+        graphdef, state = nnx.split(model)
+        params = jax.device_get(nnx.to_pure_dict(state))
+        return _ncjax_step(cfg, graphdef, params, class_ids, tokenizer, batch, ALPHA if side == "ncjax" else 0.0, dtype)
+
+    import contextlib
+
+    import torch
+    import transformers
+
+    device = torch.device(args.device)
+    hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"},
+                                     attn_implementation="sdpa")
+    torch_model = transformers.BertForMaskedLM(hf_cfg)
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in convert.params_to_hf(model).items()}
+    torch_model.load_state_dict(sd, strict=False)
+    torch_model.tie_weights()
+    torch_model.to(device)
+    if args.dtype == "bfloat16":
+        def autocast():
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext
+    if side == "torch_reference":
+        return _torch_reference_step(torch_model, class_ids, tokenizer, batch, device, autocast)
+    return _torch_matched_step(torch_model, class_ids, tokenizer, batch, device, autocast, side == "torch_compiled")
+
+
+def _worker(side: str, args) -> None:
+    """Builds the side, times its first (compiling) call, then runs `N` steps per 'run N' line on
+    stdin and answers each with one JSON line of per-step seconds and the last metrics."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
+    sync = lambda: None  # noqa: E731
+    if args.device == "cuda" and not side.startswith("ncjax"):
+        import torch
+
+        sync = torch.cuda.synchronize
+    try:
+        run = _build(side, args)
+        t = time.perf_counter()
+        run()
+        sync()
+        compile_s = time.perf_counter() - t
+        run()  # one more untimed warm-up step
+        sync()
+        print(json.dumps({"compile_s": compile_s}), file=out, flush=True)
+    except Exception as e:  # noqa: BLE001 - reported, e.g. torch.compile without a working toolchain
+        print(json.dumps({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}), file=out,
+              flush=True)
+        return
+    for line in sys.stdin:
+        n = int(line.split()[1])
+        times, metrics = [], {}
+        for _ in range(n):
+            t = time.perf_counter()
+            metrics = run()
+            sync()
+            times.append(time.perf_counter() - t)
+        print(json.dumps({"times": times, "metrics": metrics}), file=out, flush=True)
+
+
+def _alternate(sides, args) -> dict:
+    """One process per side; after all have compiled, rounds of `args.round` steps per side."""
+    forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("sides", "worker")]
+    procs, results = {}, {}
+    for side in sides:  # started one at a time so compilations do not overlap
+        procs[side] = subprocess.Popen([sys.executable, __file__, "--worker", side, *forwarded],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        first = json.loads(procs[side].stdout.readline() or '{"error": "worker exited"}')
+        results[side] = {"times": [], **first}
+        if "error" in first:
+            procs.pop(side).wait()
+    done = 0
+    while done < args.steps:
+        n = min(args.round, args.steps - done)
+        for side, proc in procs.items():
+            proc.stdin.write(f"run {n}\n")
+            proc.stdin.flush()
+            reply = json.loads(proc.stdout.readline())
+            results[side]["times"] += reply["times"]
+            results[side]["metrics"] = reply["metrics"]
+        done += n
+    for proc in procs.values():
+        proc.stdin.close()
+        proc.wait()
+    return results
+
+
+def _report(results: dict, args) -> None:
+    import torch
+    import transformers
+
+    cfg = _model_config(args)
+    tokens = args.batch * args.length
+    step_flops = flops.train_step_flops(cfg, args.batch, args.length, masking.default_max_predictions(args.length, 0.15))
+    peak = flops.peak_flops(jax.devices()[0].device_kind if args.device != "cpu" else "cpu", args.dtype)
+    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} device={args.device} "
+          f"jax devices={jax.devices()}")
+    print(f"versions: jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}; torch threads {torch.get_num_threads()}")
+    print(f"shape: layers={args.layers} hidden={args.hidden} heads={args.heads} vocab={cfg.vocab_size} "
+          f"batch={args.batch}x{args.length} {args.dtype}, dropout 0.1 (attention {args.attention_dropout}), "
+          f"alpha {ALPHA:g}; median (min-max) of {args.steps} steps per side in rounds of {args.round}, one process "
+          f"per side; like-for-like model work {step_flops / 1e9:.1f} GFLOP/step")
+    ok = {s: r for s, r in results.items() if r["times"]}
+    med = {s: float(np.median(r["times"])) for s, r in ok.items()}
+    for s, r in results.items():
+        if "error" in r:
+            print(f"{LABELS[s]}: did not run ({r['error']})")
+        else:
+            m = r["metrics"]
+            print(f"{LABELS[s]}: compile/first step {r['compile_s']:.1f} s; last step loss {m['loss']:.3f} "
+                  f"(mlm {m['mlm']:.3f}, nc3 {m['nc3']:.4f})")
+    print("| step | s/step (min-max) | tokens/s | model TFLOP/s | vs PyTorch reference | vs PyTorch like for like |")
+    print("|---|---|---|---|---|---|")
+    for s, t in med.items():
+        ts = ok[s]["times"]
+        tflops = step_flops / t / 1e12 if s != "torch_reference" else float("nan")
+        mfu = f" (MFU {step_flops / t / peak:.1%})" if peak and s != "torch_reference" else ""
+        ref = f"{med['torch_reference'] / t:.2f}x" if "torch_reference" in med else "-"
+        matched = f"{med['torch_matched'] / t:.2f}x" if "torch_matched" in med else "-"
+        print(f"| {LABELS[s]} | {t:.3f} ({min(ts):.3f}-{max(ts):.3f}) | {tokens / t:,.0f} | "
+              f"{'-' if s == 'torch_reference' else f'{tflops:.3f}{mfu}'} | {ref} | {matched} |")
 
 
 def main() -> None:
@@ -142,58 +387,26 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per side (after one warm-up step)")
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--attention-dropout", type=float, default=0.1,
+                   help="both sides; 0 lets ncjax use fused attention and PyTorch SDPA's flash path")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="PyTorch's device (JAX uses its default)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per side")
+    p.add_argument("--round", type=int, default=2, help="steps per side per alternating round")
+    p.add_argument("--sides", default="torch_reference,torch_matched,torch_compiled,ncjax",
+                   help=f"comma-separated subset of {','.join(SIDES)}")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
-
-    import torch
-    import transformers
-
-    tokenizer = convert.load_tokenizer(convert.minilm_dir())  # the bert-base-uncased vocabulary
-    class_ids = np.asarray(words.resolve(words.bundled("gender-gnglove"), tokenizer, "first_piece").ids, np.int32)
-    cfg = BertConfig(num_hidden_layers=args.layers)
-    model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    params = jax.device_get(nnx.to_pure_dict(state))
-
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
-    # every sequence carries gender words so the penalty has classes from the first step
-    ids[:, 1:-1:7] = rng.choice(class_ids, size=ids[:, 1:-1:7].shape)
-    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
-    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    tokens = ids.size
-    total_steps = 2465  # the paper recipe: 3 epochs of GAP-flipped at batch 16
-
-    hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"})
-    torch_model = transformers.BertForMaskedLM(hf_cfg)
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in convert.params_to_hf(model).items()}
-    torch_model.load_state_dict(sd, strict=False)
-    torch_model.tie_weights()
-    del model, state
-
-    t_torch, m_torch = _torch_step_time(torch_model, class_ids, tokenizer, batch, 1, args.steps, total_steps)
-    del torch_model
-    t_nc3, m_nc3 = _ncjax_step_time(cfg, graphdef, params, class_ids, tokenizer, batch, 100.0, 1, args.steps,
-                                    total_steps)
-    t_mlm, _ = _ncjax_step_time(cfg, graphdef, params, class_ids, tokenizer, batch, 0.0, 1, args.steps,
-                                    total_steps)
-
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} devices={jax.devices()}")
-    print(f"versions: jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; torch threads {torch.get_num_threads()}")
-    print(f"shape: layers={args.layers} hidden={cfg.hidden_size} vocab={cfg.vocab_size} batch={args.batch}x{args.length} "
-          f"float32, dropout 0.1, {len(class_ids)} gender ids, alpha 100; mean of {args.steps} steps after 1 warm-up")
-    print(f"last step: PyTorch loss {m_torch['loss']:.3f} (mlm {m_torch['mlm']:.3f}, nc3 {m_torch['nc3']:.4f}); "
-          f"ncjax loss {m_nc3['loss']:.3f} (mlm {m_nc3['mlm']:.3f}, nc3 {m_nc3['nc3']:.4f})")
-    print("| step | s/step | tokens/s | vs PyTorch |")
-    print("|---|---|---|---|")
-    print(f"| PyTorch reference: MLM (all-position logits) + released NC3 (vocab one-hot) | {t_torch:.2f} | "
-          f"{tokens / t_torch:,.0f} | 1.00x |")
-    print(f"| ncjax: MLM (masked-position logits) + NC3 reference mode | {t_nc3:.2f} | {tokens / t_nc3:,.0f} | "
-          f"{t_torch / t_nc3:.2f}x |")
-    print(f"| ncjax: MLM only (alpha 0) | {t_mlm:.2f} | {tokens / t_mlm:,.0f} | {t_torch / t_mlm:.2f}x |")
-    print(f"ratio ncjax MLM+NC3 vs PyTorch reference: {t_torch / t_nc3:.2f}x (goal >= 1.5x); "
-          f"NC3 overhead in ncjax: {100 * (t_nc3 / t_mlm - 1):+.1f} % of the MLM-only step")
+    if args.worker:
+        _worker(args.worker, args)
+        return
+    sides = [s for s in args.sides.split(",") if s]
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        raise SystemExit(f"--sides has unknown entries {sorted(unknown)}; use names from {', '.join(SIDES)}.")
+    _report(_alternate(sides, args), args)
 
 
 if __name__ == "__main__":
