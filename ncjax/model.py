@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
