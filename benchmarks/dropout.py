@@ -28,7 +28,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from ncjax.model import BertConfig, BertForMaskedLM, dropout_key  # noqa: E402
+from ncjax.model import BertConfig, BertForMaskedLM  # noqa: E402
+from ncjax.rng import dropout_key  # noqa: E402
 
 IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 

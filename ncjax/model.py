@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from ncjax import mixed
 
 Array = jax.Array
 
@@ -135,58 +136,11 @@ REMAT_POLICIES = {
 }
 
 
-DROPOUT_RNG = ("auto", "threefry2x32", "rbg", "unsafe_rbg")
-
-
-def dropout_key(seed: int, rng: str = "auto") -> Array:
-    """The root dropout key (a typed key) for `seed` with the PRNG implementation `rng`.
-
-    'auto' picks 'rbg' on GPU and TPU, where XLA's RngBitGenerator makes dropout masks much
-    cheaper than threefry's 20 hash rounds per 64 bits, and 'threefry2x32' on CPU, where it is the
-    faster of the two (benchmarks/dropout.py). Keys fold in the step, so masks depend only on
-    (seed, step, backend) and resume reproduces them; 'rbg' bits may differ across backends and
-    XLA versions."""
-    if rng not in DROPOUT_RNG:
-        raise ValueError(f"dropout rng {rng!r} is not one of {DROPOUT_RNG}.")
-    if rng == "auto":
-        rng = "threefry2x32" if jax.default_backend() == "cpu" else "rbg"
-    return jax.random.key(seed, impl=rng)
-
-
 def _dropout(x: Array, rate: float, key: Array | None) -> Array:
     if key is None or rate == 0.0:
         return x
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
-    """einsum of two low-precision operands with float32 accumulation and a float32 result
-    (attention scores, logits). Its backward pass runs the transposed products on operands of the
-    input dtype: differentiating `preferred_element_type=float32` directly would give float32
-    cotangents, and XLA then runs those products, the largest of the step, in float32."""
-    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-
-
-def _einsum_f32_fwd(spec, a, b):
-    return _einsum_f32(spec, a, b), (a, b)
-
-
-def _einsum_f32_bwd(spec, res, g):
-    a, b = res
-    _, vjp = jax.vjp(partial(jnp.einsum, spec), a, b)
-    return vjp(g.astype(a.dtype))
-
-
-_einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
-
-
-def _scores_einsum(spec: str, a: Array, b: Array) -> Array:
-    """float32 result of an einsum; mixed precision when the operands are not float32."""
-    if a.dtype == jnp.float32:
-        return jnp.einsum(spec, a, b)
-    return _einsum_f32(spec, a, b)
 
 
 def _split(key: Array | None, n: int) -> list[Array | None]:
@@ -279,7 +233,7 @@ class Layer(nnx.Module):
         if self.attention == "auto" and (k_probs is None or self.attention_rate == 0.0):
             ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
         else:
-            scores = _scores_einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(d))
+            scores = mixed.f32_einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(d))
             # Additive mask as transformers builds it: 0 where attended, float32 min where padded.
             probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min), axis=-1)
             probs = _dropout(probs.astype(x.dtype), self.attention_rate, k_probs)
@@ -353,7 +307,7 @@ class BertForMaskedLM(nnx.Module):
     def decode(self, h: Array) -> Array:
         """[..., hidden] decoder input -> [..., vocab] float32 logits (h W^T + bias)."""
         w = self.word_embeddings().astype(self.dtype)  # the one cast of the table per use
-        return _scores_einsum("...h,vh->...v", h.astype(self.dtype), w) + self.head.bias[...]
+        return mixed.f32_einsum("...h,vh->...v", h.astype(self.dtype), w) + self.head.bias[...]
 
     def encode(
         self,

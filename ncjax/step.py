@@ -27,8 +27,7 @@ import optax
 from flax import nnx
 
 from ncjax import masking as masking_lib
-from ncjax import model as model_lib
-from ncjax import parallel, penalty
+from ncjax import parallel, penalty, rng
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,12 +126,12 @@ def make_train_step(
     'penalty': {'sums': [K, H], 'counts': [K]} (only when alpha > 0)}, replicated and donated.
     batch: {'input_ids', 'attention_mask'}: [global_batch, length] int32, sharded on axis 0.
     Differentiated: loss = MLM + alpha * NC3 with respect to state['params'].
-    dropout_rng: the PRNG implementation of the dropout masks (`model.dropout_key`).
+    dropout_rng: the PRNG implementation of the dropout masks (`rng.dropout_key`).
     metrics: scalars loss, mlm, nc3, nc3_valid, nc3_classes, grad_norm, lr, masked_tokens, tokens."""
     rep = parallel.replicated(mesh)
     root = jax.random.PRNGKey(seed)
     mask_root = jax.random.fold_in(root, 1)
-    dropout_root = jax.random.fold_in(model_lib.dropout_key(seed, dropout_rng), 2)  # threefry: as fold_in(root, 2)
+    dropout_root = jax.random.fold_in(rng.dropout_key(seed, dropout_rng), 2)  # threefry: as fold_in(root, 2)
     use_penalty = penalty_spec.alpha > 0
     if use_penalty:
         slot_table = penalty.make_slot_table(class_ids, masking.vocab_size)

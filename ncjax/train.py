@@ -30,6 +30,7 @@ from flax import nnx
 from ncjax import checkpoint as ckpt_lib
 from ncjax import convert, data, flops, logs, masking, parallel, weights, words
 from ncjax import model as model_lib
+from ncjax import rng
 from ncjax import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ _CHOICES = {
     "model.dtype": tuple(_DTYPES),
     "model.attention": model_lib.ATTENTION,
     "model.attention_impl": ("",) + model_lib.ATTENTION_IMPL,
-    "model.dropout_rng": model_lib.DROPOUT_RNG,
+    "model.dropout_rng": rng.DROPOUT_RNG,
     "model.remat_policy": tuple(model_lib.REMAT_POLICIES),
     "parallel.distributed": ("auto", "on", "off"),
     "log.progress": ("auto", "on", "off"),

@@ -11,7 +11,7 @@ from flax import nnx
 
 from ncjax import convert, parallel
 from ncjax import step as step_lib
-from ncjax.model import dropout_key
+from ncjax.rng import dropout_key
 
 REPO = Path(__file__).resolve().parents[1]
 
