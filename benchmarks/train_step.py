@@ -21,7 +21,8 @@ the state donated).
 Both sides use the same random weights (ncjax's copied into the PyTorch model) and the 271
 GN-GloVe first-piece gender ids of the bert-base-uncased vocabulary (from the MiniLM package).
 Each side runs in its own process (XLA's and PyTorch's thread pools disturb each other inside one
-process); the parent alternates them in rounds, so load changes on the machine hit both sides.
+process; each holds its own copy of the model, about 3-5 GB of host memory per side at bert-base
+shape); the parent alternates them in rounds, so load changes on the machine hit both sides.
 Reported: median and spread (min-max) of the timed steps after a compile/warm-up call (its time
 is reported separately), tokens/s, model TFLOP/s (`ncjax.flops`, the like-for-like work) and MFU
 where the device's peak is known. On a GPU, `--device cuda --dtype bfloat16` runs PyTorch under
@@ -330,12 +331,18 @@ def _alternate(sides, args) -> dict:
         if "error" in first:
             procs.pop(side).wait()
     done = 0
-    while done < args.steps:
+    while done < args.steps and procs:
         n = min(args.round, args.steps - done)
-        for side, proc in procs.items():
-            proc.stdin.write(f"run {n}\n")
-            proc.stdin.flush()
-            reply = json.loads(proc.stdout.readline())
+        for side, proc in list(procs.items()):
+            try:
+                proc.stdin.write(f"run {n}\n")
+                proc.stdin.flush()
+                reply = json.loads(proc.stdout.readline())
+            except (BrokenPipeError, json.JSONDecodeError):  # e.g. killed for memory: report, go on
+                procs.pop(side).wait()
+                results[side] = {"times": [], "error": f"worker exited during the timed rounds "
+                                                        f"(exit code {proc.returncode})"}
+                continue
             results[side]["times"] += reply["times"]
             results[side]["metrics"] = reply["metrics"]
         done += n
