@@ -4,7 +4,8 @@ Both run the same random bert-base-shaped weights (ncjax's are copied into the P
 on the same batch in one process, in float32, and report tokens/s and the ncjax / PyTorch ratio.
 Forward+backward is the gradient of the mean-squared MLM logits with respect to all parameters,
 with logits at every position in both (the same work). A third ncjax row computes logits only at
-15 % of positions, what ncjax's train step does.
+the positions the train step scores: `ncjax.masking.mask_tokens` positions with the step's static
+cap of P predictions a row (`default_max_predictions`, e.g. 36 of 128), the head's real work.
 
     python benchmarks/forward.py                 # bert-base shape, batch 8 x 128
     python benchmarks/forward.py --layers 2      # quicker smoke run
@@ -26,6 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from ncjax import masking  # noqa: E402
 from ncjax.convert import params_to_hf  # noqa: E402
 from ncjax.model import BertConfig, BertForMaskedLM  # noqa: E402
 
@@ -66,8 +68,10 @@ def main() -> None:
     ids = rng.integers(1000, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
     mask = np.ones_like(ids)
     types = np.zeros_like(ids)
-    n_pred = max(1, int(round(0.15 * args.length)))
-    positions = np.sort(rng.permutation(args.length)[:n_pred])[None].repeat(args.batch, 0).astype(np.int32)
+    n_pred = masking.default_max_predictions(args.length, 0.15)  # the train step's static cap P
+    positions = np.asarray(masking.mask_tokens(jax.random.key(0), jnp.asarray(ids), jnp.asarray(mask), special_ids=(),
+                                               mask_id=103, vocab_size=cfg.vocab_size,
+                                               max_predictions=n_pred)["positions"])
     tokens = args.batch * args.length
 
     def loss(s, ids, mask, types, positions=None):
@@ -123,7 +127,7 @@ def main() -> None:
     for name, tj, tt in rows:
         print(f"| {name} | {tokens / tj:,.0f} | {tokens / tt:,.0f} | {tt / tj:.2f}x |")
     tt_fb = rows[1][2]
-    print(f"| forward+backward, ncjax logits at {n_pred} of {args.length} positions | {tokens / t_pos:,.0f} | "
+    print(f"| forward+backward, ncjax logits at the step's {n_pred} of {args.length} positions | {tokens / t_pos:,.0f} | "
           f"{tokens / tt_fb:,.0f} (all positions) | {tt_fb / t_pos:.2f}x |")
 
 

@@ -32,7 +32,12 @@ def base() -> ml_collections.ConfigDict:
     c.model.remat = False  # recompute each layer in the backward pass (saves memory)
     c.model.dropout = True  # dropout as in the model config (off: deterministic forward)
     c.model.hidden_dropout = -1.0  # hidden dropout probability; negative = the checkpoint's config.json
-    c.model.attention_dropout = -1.0  # attention dropout probability; negative = the checkpoint's
+    c.model.attention_dropout = -1.0  # attention dropout probability; negative = the checkpoint's (0 allows the fused attention in training)
+    c.model.attention = "auto"  # 'auto': jax.nn.dot_product_attention where no attention dropout applies; 'exact'
+    c.model.attention_impl = ""  # '' lets JAX choose; 'xla' or 'cudnn' (GPU flash attention)
+    c.model.dropout_rng = "auto"  # dropout PRNG: 'auto' (rbg on GPU/TPU, threefry on CPU), threefry2x32, rbg, unsafe_rbg
+    c.model.scan_layers = False  # run the layers as one lax.scan (compiles one layer instead of all)
+    c.model.remat_policy = "nothing"  # with remat: what a layer keeps for the backward pass (nothing, dots, dots_no_batch)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.terms = ("mlm", "nc3")  # modules of ncjax/terms; loss = sum of each term's weight * value
@@ -115,6 +120,7 @@ def base() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True  # <workdir>/tensorboard, if tensorboardX is installed
     c.log.progress = "auto"  # tqdm bar: 'auto' (on a terminal), 'on', 'off'
+    c.log.peak_tflops = 0.0  # per-device peak for the `mfu` metric; 0 = ncjax.flops table (none for CPUs)
     return c
 
 

@@ -221,18 +221,20 @@ def load_model(
     dtype: Any = jnp.float32,
     remat: bool = False,
     overrides: dict[str, Any] | None = None,
+    **options: Any,
 ) -> tuple[BertForMaskedLM, BertConfig]:
     """Loads a BERT masked LM from a HF directory, weight file, ncjax checkpoint or hub id.
 
     With `init_missing_head`, an encoder-only checkpoint gets a fresh MLM head initialised as
     transformers does (normal(0.02) dense, unit LayerNorm, zero bias) from `seed`. `overrides`
-    replaces config fields that carry no weights (e.g. dropout probabilities)."""
+    replaces config fields that carry no weights (e.g. dropout probabilities); `options`
+    (attention, attention_impl, scan_layers, remat_policy) go to `BertForMaskedLM`."""
     path = resolve_source(src)
     directory, weights = config_dir_and_weights(path)
     config = load_config(directory)
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    model = BertForMaskedLM(config, rngs=nnx.Rngs(seed), dtype=dtype, remat=remat)
+    model = BertForMaskedLM(config, rngs=nnx.Rngs(seed), dtype=dtype, remat=remat, **options)
     if weights is None:
         params = _read_ncjax_params(directory, model)
     else:

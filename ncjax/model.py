@@ -7,10 +7,23 @@ the three things the rest of ncjax reads: MLM logits (at every position, or only
 positions given, because the decoder dominates a small model's cost), the last encoder layer,
 and the MLM-transform output that multiplies the decoder weight.
 
-Parameters are float32; `dtype` sets the compute dtype (float32 or bfloat16). Softmax and
-LayerNorm statistics stay in float32 so bfloat16 compute tracks float32 closely. Dropout takes an
-explicit PRNG key per call, which keeps the module a pure function of (state, inputs, key) for
-jitted training steps.
+Mixed precision: parameters are float32 (the optimiser updates them and its state in float32);
+`dtype` sets the compute dtype (float32 or bfloat16). In bfloat16 every matrix product takes
+bfloat16 operands (weights are cast once per use), including the backward pass; the embedding
+sum, LayerNorm statistics, attention scores and softmax, and the returned logits are float32.
+Embedding rows are gathered from the float32 tables (the table is never cast whole, and its
+gradient is accumulated in float32).
+
+Attention: `attention="auto"` (default) runs `jax.nn.dot_product_attention` (XLA's fused
+attention, or cuDNN's with `attention_impl="cudnn"`) whenever no attention dropout is applied
+in the call (evaluation, or training with `attention_dropout=0`), and the exact Hugging Face
+computation (softmax, dropout on the probabilities, product) otherwise; `attention="exact"`
+always runs the latter. Both agree to float32 rounding.
+
+Dropout takes an explicit PRNG key per call, which keeps the module a pure function of
+(state, inputs, key) for jitted training steps. `scan_layers=True` runs the encoder layers as one
+`jax.lax.scan` over their stacked parameters (one layer compiled instead of L), `remat=True`
+recomputes each layer in the backward pass, saving what `remat_policy` names.
 """
 
 from __future__ import annotations
@@ -23,6 +36,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from ncjax import mixed
 
 Array = jax.Array
 
@@ -111,6 +126,16 @@ class MaskedLMOutput(NamedTuple):
     mlm_hidden: Array
 
 
+ATTENTION = ("auto", "exact")
+ATTENTION_IMPL = ("xla", "cudnn")
+# What `remat=True` keeps from the forward pass of a layer (jax.checkpoint_policies).
+REMAT_POLICIES = {
+    "nothing": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 def _dropout(x: Array, rate: float, key: Array | None) -> Array:
     if key is None or rate == 0.0:
         return x
@@ -167,15 +192,21 @@ class Embeddings(nnx.Module):
         self.norm = _LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype)
         self.rate = cfg.hidden_dropout_prob
 
-    def __call__(self, input_ids, token_type_ids, position_ids, key) -> Array:
-        h = self.word(input_ids) + self.token_type(token_type_ids) + self.position(position_ids)
+    def __call__(self, input_ids, token_type_ids, key) -> Array:
+        """[batch, length] ids -> [batch, length, hidden] in the compute dtype. Rows are gathered
+        from the float32 tables and summed in float32 (the LayerNorm input)."""
+        length = input_ids.shape[1]
+        h = (jnp.take(self.word.embedding[...], input_ids, axis=0)
+             + jnp.take(self.token_type.embedding[...], token_type_ids, axis=0)
+             + self.position.embedding[...][None, :length])
         return _dropout(self.norm(h), self.rate, key)
 
 
 class Layer(nnx.Module):
     """One post-LayerNorm transformer block, as `transformers.models.bert.BertLayer`."""
 
-    def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs, attention: str = "auto",
+                 attention_impl: str | None = None, attention_dropout: float | None = None):
         h, i = cfg.hidden_size, cfg.intermediate_size
         self.query = _dense(cfg, h, h, dtype, rngs)
         self.key = _dense(cfg, h, h, dtype, rngs)
@@ -188,19 +219,26 @@ class Layer(nnx.Module):
         self.heads = cfg.num_attention_heads
         self.act = cfg.hidden_act
         self.hidden_rate = cfg.hidden_dropout_prob
-        self.attention_rate = cfg.attention_probs_dropout_prob
+        self.attention_rate = cfg.attention_probs_dropout_prob if attention_dropout is None else attention_dropout
+        self.attention = attention
+        self.attention_impl = attention_impl
 
-    def __call__(self, x: Array, bias: Array, key: Array | None) -> Array:
-        """x: [batch, length, hidden]; bias: [batch, 1, 1, length] additive mask (0 or -inf-ish)."""
+    def __call__(self, x: Array, mask: Array, key: Array | None) -> Array:
+        """x: [batch, length, hidden]; mask: [batch, 1, 1, length] bool, True where attended."""
         k_probs, k_attn, k_out = _split(key, 3)
         b, length, hidden = x.shape
         d = hidden // self.heads
         split = lambda t: t.reshape(b, length, self.heads, d)  # noqa: E731
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
-        probs = jax.nn.softmax(scores + bias, axis=-1)
-        probs = _dropout(probs, self.attention_rate, k_probs).astype(x.dtype)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, length, hidden)
+        if self.attention == "auto" and (k_probs is None or self.attention_rate == 0.0):
+            ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
+        else:
+            scores = mixed.f32_einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(d))
+            # Additive mask as transformers builds it: 0 where attended, float32 min where padded.
+            probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min), axis=-1)
+            probs = _dropout(probs.astype(x.dtype), self.attention_rate, k_probs)
+            ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        ctx = ctx.reshape(b, length, hidden)
         a = self.attention_norm(_dropout(self.attention_out(ctx), self.hidden_rate, k_attn) + x)
         f = self.output(_ACTIVATIONS[self.act](self.intermediate(a)))
         return self.output_norm(_dropout(f, self.hidden_rate, k_out) + a)
@@ -208,7 +246,7 @@ class Layer(nnx.Module):
 
 class MLMHead(nnx.Module):
     """The prediction-head transform (dense, activation, LayerNorm) and the decoder bias.
-    The decoder weight is the word-embedding matrix (tied), applied through `Embed.attend`."""
+    The decoder weight is the word-embedding matrix (tied), applied in `BertForMaskedLM.decode`."""
 
     def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs):
         self.dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, dtype, rngs)
@@ -230,12 +268,32 @@ class BertForMaskedLM(nnx.Module):
         rngs: nnx.Rngs,
         dtype: Any = jnp.float32,
         remat: bool = False,
+        remat_policy: str = "nothing",
+        scan_layers: bool = False,
+        attention: str = "auto",
+        attention_impl: str | None = None,
+        attention_dropout: float | None = None,
     ):
+        """dtype: compute dtype; remat, remat_policy (a key of REMAT_POLICIES), scan_layers,
+        attention (one of ATTENTION), attention_impl (None lets JAX choose, or one of
+        ATTENTION_IMPL): see the module docstring; attention_dropout overrides the config's
+        attention_probs_dropout_prob (0 lets training use the fused attention)."""
+        if attention not in ATTENTION:
+            raise ValueError(f"attention={attention!r} is not one of {ATTENTION}.")
+        if attention_impl is not None and attention_impl not in ATTENTION_IMPL:
+            raise ValueError(f"attention_impl={attention_impl!r} is not None or one of {ATTENTION_IMPL}.")
+        if remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy={remat_policy!r} is not one of {tuple(REMAT_POLICIES)}.")
+        if attention_dropout is not None and not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout={attention_dropout} must be in [0, 1).")
         self.config = config
         self.dtype = dtype
         self.remat = remat
+        self.remat_policy = remat_policy
+        self.scan_layers = scan_layers
         self.embeddings = Embeddings(config, dtype, rngs)
-        self.layers = nnx.List([Layer(config, dtype, rngs) for _ in range(config.num_hidden_layers)])
+        self.layers = nnx.List([Layer(config, dtype, rngs, attention, attention_impl, attention_dropout)
+                                for _ in range(config.num_hidden_layers)])
         self.head = MLMHead(config, dtype, rngs)
 
     def word_embeddings(self) -> Array:
@@ -248,8 +306,8 @@ class BertForMaskedLM(nnx.Module):
 
     def decode(self, h: Array) -> Array:
         """[..., hidden] decoder input -> [..., vocab] float32 logits (h W^T + bias)."""
-        logits = self.embeddings.word.attend(h.astype(self.dtype))
-        return logits.astype(jnp.float32) + self.head.bias[...]
+        w = self.word_embeddings().astype(self.dtype)  # the one cast of the table per use
+        return mixed.f32_einsum("...h,vh->...v", h.astype(self.dtype), w) + self.head.bias[...]
 
     def encode(
         self,
@@ -266,16 +324,35 @@ class BertForMaskedLM(nnx.Module):
             attention_mask = jnp.ones((b, length), jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((b, length), jnp.int32)
-        position_ids = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
-        keys = _split(dropout_key, self.config.num_hidden_layers + 1)
-        h = self.embeddings(input_ids, jnp.asarray(token_type_ids, jnp.int32), position_ids, keys[0])
-        # Additive mask as transformers builds it: 0 where attended, float32 min where padded.
-        bias = jnp.where(jnp.asarray(attention_mask)[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-        for layer, key in zip(self.layers, keys[1:]):
+        n = self.config.num_hidden_layers
+        keys = None if dropout_key is None else jax.random.split(dropout_key, n + 1)
+        h = self.embeddings(input_ids, jnp.asarray(token_type_ids, jnp.int32), None if keys is None else keys[0])
+        mask = jnp.asarray(attention_mask)[:, None, None, :] > 0
+        layer_keys = None if keys is None else keys[1:]
+        if self.scan_layers:
+            return self._scan(h, mask, layer_keys)
+        policy = REMAT_POLICIES[self.remat_policy]
+        for i, layer in enumerate(self.layers):
+            key = None if layer_keys is None else layer_keys[i]
             if self.remat:
-                h = nnx.remat(lambda m, x, bb, kk: m(x, bb, kk))(layer, h, bias, key)
+                h = nnx.remat(lambda m, x, mm, kk: m(x, mm, kk), policy=policy)(layer, h, mask, key)
             else:
-                h = layer(h, bias, key)
+                h = layer(h, mask, key)
+        return h
+
+    def _scan(self, h: Array, mask: Array, keys: Array | None) -> Array:
+        """The layers as one `jax.lax.scan` over their parameters stacked on a leading axis
+        (stacked per call, so the parameter tree and checkpoints keep one entry per layer)."""
+        graphdef, _ = nnx.split(self.layers[0])
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.split(layer)[1] for layer in self.layers])
+
+        def body(x, xs):
+            state, key = xs
+            return nnx.merge(graphdef, state)(x, mask, key), None
+
+        if self.remat:
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat_policy])
+        h, _ = jax.lax.scan(body, h, (stacked, keys))
         return h
 
     def __call__(

@@ -68,6 +68,7 @@ def make_train_step(
     seed: int,
     terms: Sequence[terms_lib.Term],
     dropout: bool = True,
+    dropout_rng: str = "auto",
 ) -> Callable:
     """The jitted step: (state, batch) -> (state, metrics).
 
@@ -75,6 +76,7 @@ def make_train_step(
     {term name: its state} (only present when a term keeps state)}, replicated and donated.
     batch: a dict of [global_batch, ...] arrays (the fields the terms read), sharded on axis 0.
     Differentiated: loss = sum of weight * value over `terms`, with respect to state['params'].
+    dropout_rng: the PRNG implementation of the dropout masks (`ncjax.rng.dropout_key`).
     metrics: loss, loss/<name> per term (unweighted), each term's own metrics, grad_norm, lr,
     tokens."""
     rep = parallel.replicated(mesh)
@@ -89,7 +91,7 @@ def make_train_step(
 
         def loss_fn(params):
             ctx = terms_lib.Context(nnx.merge(graphdef, params), batch, step, seed=seed, dropout=dropout,
-                                    params=params)
+                                    params=params, dropout_rng=dropout_rng)
             total = jnp.zeros((), jnp.float32)
             new_states, metrics = {}, {}
             for term in terms:

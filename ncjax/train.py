@@ -29,7 +29,8 @@ import numpy as np
 from flax import nnx
 
 from ncjax import checkpoint as ckpt_lib
-from ncjax import convert, data, logs, parallel, schemas, weights
+from ncjax import convert, data, flops, logs, masking, parallel, rng, schemas, weights
+from ncjax import model as model_lib
 from ncjax import step as step_lib
 from ncjax import terms as terms_lib
 
@@ -46,6 +47,10 @@ _CHOICES = {
     "data.cda": ("none", "two_sided"),
     "data.padding": ("clean", "attended_mask"),
     "model.dtype": tuple(_DTYPES),
+    "model.attention": model_lib.ATTENTION,
+    "model.attention_impl": ("",) + model_lib.ATTENTION_IMPL,
+    "model.dropout_rng": rng.DROPOUT_RNG,
+    "model.remat_policy": tuple(model_lib.REMAT_POLICIES),
     "parallel.distributed": ("auto", "on", "off"),
     "log.progress": ("auto", "on", "off"),
 }
@@ -90,8 +95,20 @@ def check_config(config: Any) -> None:
         raise ValueError(f"config data.mlm_probability={config.data.mlm_probability} must be in (0, 1).")
     if config.optim.learning_rate <= 0:
         raise ValueError(f"config optim.learning_rate={config.optim.learning_rate} must be positive.")
+    if config.log.peak_tflops < 0:
+        raise ValueError(f"config log.peak_tflops={config.log.peak_tflops} must be >= 0 (0 = from the device table).")
     if config.checkpoint.every_steps <= 0 or config.train.log_every_steps <= 0:
         raise ValueError("config checkpoint.every_steps and train.log_every_steps must be positive.")
+
+
+def model_options(m: Any) -> dict:
+    """The `BertForMaskedLM` options of a config's `model` block."""
+    return {
+        "attention": m.attention,
+        "attention_impl": m.attention_impl or None,
+        "scan_layers": m.scan_layers,
+        "remat_policy": m.remat_policy,
+    }
 
 
 def check_model_source(path: str, key: str = "model.path") -> Path:
@@ -230,6 +247,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     model, model_config = convert.load_model(
         model_src, init_missing_head=config.model.init_missing_head, seed=config.seed,
         dtype=_DTYPES[config.model.dtype], remat=config.model.remat, overrides=_model_overrides(config.model),
+        **model_options(config.model),
     )
     if config.model.head_source:
         _replace_head(model, config.model.head_source, model_config)
@@ -246,7 +264,13 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     schedule = step_lib.make_schedule(config.optim, total_steps)
     tx = step_lib.make_optimizer(config.optim, schedule)
     step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, terms=loss_terms,
-                                       dropout=config.model.dropout)
+                                       dropout=config.model.dropout, dropout_rng=config.model.dropout_rng)
+    # model FLOPs of a step (ncjax.flops counts what is computed: the MLM head at P positions a row)
+    rows = config.train.batch_size * int(np.prod(arrays["input_ids"].shape[1:-1], dtype=np.int64))
+    predictions = int(config.data.max_predictions_per_seq
+                      or masking.default_max_predictions(length, config.data.mlm_probability))
+    step_flops = flops.train_step_flops(model_config, rows, length, predictions)
+    peak = flops.peak_flops(mesh.devices.flat[0].device_kind, config.model.dtype, config.log.peak_tflops)
     state = step_lib.init_state(params, tx, mesh, loss_terms)
     del params
     log.info("train state initialised (%d parameters)", sum(x.size for x in jax.tree.leaves(state["params"])))
@@ -290,7 +314,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                                tensorboard=config.log.tensorboard, progress=progress) as writer, \
                 _Preemption() as preemption:
             pending: tuple[int, dict] | None = None
-            window = {"tokens": 0, "t0": None}
+            window = {"tokens": 0, "steps": 0, "t0": None}
 
             def settle(item: tuple[int, dict]) -> None:
                 """Fetches one step's metrics, stops on a non-finite loss, logs on the interval."""
@@ -303,10 +327,13 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                     window["t0"] = now
                 else:
                     window["tokens"] += m["tokens"]
+                    window["steps"] += 1
                 if s % config.train.log_every_steps == 0 or s in (1, total_steps):
                     elapsed = now - window["t0"]
                     m["tokens_per_s"] = window["tokens"] / elapsed if elapsed > 0 and window["tokens"] else 0.0
-                    window.update(tokens=0, t0=now)
+                    if peak and window["steps"] and elapsed > 0:
+                        m["mfu"] = flops.mfu(step_flops, window["steps"] / elapsed, peak, mesh.devices.size)
+                    window.update(tokens=0, steps=0, t0=now)
                     m["epoch"] = s / sampler.steps_per_epoch
                     writer.write(s, m)
                     last_logged = {"step": s, **m}

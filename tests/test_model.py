@@ -26,6 +26,21 @@ def _inputs(e):
     return e["input_ids"], e["attention_mask"], e["token_type_ids"]
 
 
+def _loss_and_grads(model, expected, key):
+    def loss(m):
+        out = m(*_inputs(expected), dropout_key=key)
+        return jnp.mean(out.logits**2) + jnp.mean(out.last_hidden**2)
+
+    return nnx.value_and_grad(loss)(model)
+
+
+def _assert_same(a, b, atol):
+    (la, ga), (lb, gb) = a, b
+    np.testing.assert_allclose(la, lb, rtol=atol)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(x, y, atol=atol)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_matches_pytorch(tiny_bert_dir, expected, layout):
     if layout == "pytorch_model.bin":
@@ -79,16 +94,8 @@ def test_dropout_is_keyed_and_off_without_key(tiny, expected):
 def test_remat_gives_same_values_and_gradients(tiny_bert_dir, expected):
     plain, _ = load_model(tiny_bert_dir)
     remat, _ = load_model(tiny_bert_dir, remat=True)
-
-    def loss(model):
-        out = model(*_inputs(expected), dropout_key=jax.random.key(0))
-        return jnp.mean(out.logits**2)
-
-    lp, gp = nnx.value_and_grad(loss)(plain)
-    lr, gr = nnx.value_and_grad(loss)(remat)
-    np.testing.assert_allclose(lp, lr, rtol=1e-6)
-    for x, y in zip(jax.tree.leaves(gp), jax.tree.leaves(gr)):
-        np.testing.assert_allclose(x, y, atol=1e-6)
+    key = jax.random.key(0)
+    _assert_same(_loss_and_grads(remat, expected, key), _loss_and_grads(plain, expected, key), 1e-6)
 
 
 def test_functional_apply_under_jit(tiny, expected):
@@ -125,3 +132,59 @@ def test_config_rejects_unsupported_settings():
         BertConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="model_type"):
         BertConfig.from_hf_dict({"model_type": "roberta"})
+
+
+def test_exact_and_fused_attention_match_pytorch_and_each_other(tiny_bert_dir, expected):
+    # The fixture rows are padded to different lengths, so the padding mask is exercised.
+    exact, _ = load_model(tiny_bert_dir, attention="exact")
+    fused, _ = load_model(tiny_bert_dir, attention="auto")
+    for model in (exact, fused):
+        out = model(*_inputs(expected))
+        np.testing.assert_allclose(out.logits, expected["logits"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out.last_hidden, expected["last_hidden_state"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(fused(*_inputs(expected)).last_hidden, exact(*_inputs(expected)).last_hidden,
+                               atol=1e-6, rtol=0)
+    # Training with attention dropout 0: the fused path runs (dropout elsewhere stays on) and
+    # gives the exact path's loss and gradients.
+    exact0, _ = load_model(tiny_bert_dir, attention="exact", attention_dropout=0.0)
+    fused0, _ = load_model(tiny_bert_dir, attention="auto", attention_dropout=0.0)
+    _assert_same(_loss_and_grads(fused0, expected, jax.random.key(1)),
+                 _loss_and_grads(exact0, expected, jax.random.key(1)), 1e-6)
+
+
+def test_attention_choice_follows_attention_dropout(tiny_bert_dir, expected, monkeypatch):
+    calls = []
+    real = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, _ = load_model(tiny_bert_dir)  # attention dropout 0.1 from config.json
+    model(*_inputs(expected))
+    assert len(calls) == 2  # evaluation: fused in both layers
+    model(*_inputs(expected), dropout_key=jax.random.key(0))
+    assert len(calls) == 2  # training with attention dropout: the exact path
+    model0, _ = load_model(tiny_bert_dir, attention_dropout=0.0)
+    model0(*_inputs(expected), dropout_key=jax.random.key(0))
+    assert len(calls) == 4
+    exact, _ = load_model(tiny_bert_dir, attention="exact")
+    exact(*_inputs(expected))
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_layers_match_unrolled(tiny_bert_dir, expected, remat):
+    plain, _ = load_model(tiny_bert_dir)
+    scanned, _ = load_model(tiny_bert_dir, scan_layers=True, remat=remat, remat_policy="dots")
+    key = jax.random.key(5)
+    _assert_same(_loss_and_grads(scanned, expected, key), _loss_and_grads(plain, expected, key), 1e-6)
+    np.testing.assert_allclose(scanned(*_inputs(expected)).logits, expected["logits"], atol=1e-5, rtol=0)
+    # the parameter tree (and so checkpoints and conversion) is the same with and without scan
+    assert jax.tree.structure(nnx.state(plain)) == jax.tree.structure(nnx.state(scanned))
+
+
+def test_model_options_are_checked():
+    cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    for kwargs, match in ((dict(attention="flash"), "attention='flash'"),
+                          (dict(attention_impl="triton"), "attention_impl='triton'"),
+                          (dict(remat_policy="all"), "remat_policy='all'"),
+                          (dict(attention_dropout=1.0), "attention_dropout=1.0")):
+        with pytest.raises(ValueError, match=match):
+            BertForMaskedLM(cfg, rngs=nnx.Rngs(0), **kwargs)

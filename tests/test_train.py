@@ -97,6 +97,7 @@ def base_config(corpus, tiny_bert_dir):
     c.train.num_steps = STEPS
     c.checkpoint.every_steps = EVERY
     c.log.progress = "off"
+    c.log.peak_tflops = 1e-3  # a CPU has no table entry: a given peak turns the mfu metric on
     return c
 
 
@@ -185,13 +186,23 @@ def reference(base_config, tmp_path_factory):
     return workdir, result
 
 
-def test_end_to_end_outputs(reference):
+def test_end_to_end_outputs(reference, tiny_bert_dir):
     workdir, result = reference
     assert result["status"] == "completed" and result["step"] == STEPS
     records = logs.read_metrics(workdir / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for key in ("loss", "loss/mlm", "loss/nc3", "nc3_valid", "grad_norm", "lr", "tokens_per_s"):
         assert key in records[-1], key
+    # mfu = model FLOPs of a step (global batch 8 x 32) x steps/s (one step a logging window)
+    # over the peak of the 8 devices (1e-3 TFLOP/s each)
+    from ncjax import flops, masking
+    from ncjax.model import BertConfig
+
+    step_flops = flops.train_step_flops(BertConfig.from_json(tiny_bert_dir / "config.json"), 8, 32,
+                                        masking.default_max_predictions(32, 0.15))
+    assert "mfu" not in records[0]  # the first step's window holds the compilation: no rate
+    for r in records[1:]:
+        np.testing.assert_allclose(r["mfu"], step_flops * r["tokens_per_s"] / r["tokens"] / (1e9 * 8), rtol=1e-6)
     mlm = [r["loss/mlm"] for r in records]
     assert np.mean(mlm[-4:]) < np.mean(mlm[:4]) - 0.1, mlm
     assert all(np.isfinite(r["loss"]) for r in records)

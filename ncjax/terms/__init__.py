@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import jax
 
+from ncjax import rng
+
 # Independent random streams of one step, all keyed by fold_in(fold_in(seed, stream), step).
 MASK_STREAM, DROPOUT_STREAM = 1, 2
 
@@ -66,13 +68,16 @@ class Context:
     step (masks, forward passes). Lives only while the loss is traced."""
 
     def __init__(self, model: Any, batch: dict[str, jax.Array], step: jax.Array, *, seed: int, dropout: bool,
-                 params: Any = None):
+                 params: Any = None, dropout_rng: str = "auto"):
         self.model = model
         self.params = params
         self.batch = batch
         self.step = step
         self.dropout = dropout
         self._root = jax.random.PRNGKey(seed)
+        # dropout bits from the chosen PRNG implementation (ncjax.rng); with threefry they equal
+        # fold_in(fold_in(PRNGKey(seed), DROPOUT_STREAM), step), like every other stream
+        self._dropout_root = rng.dropout_key(seed, dropout_rng)
         self._cache: dict[Hashable, Any] = {}
 
     def key(self, stream: int) -> jax.Array:
@@ -83,7 +88,7 @@ class Context:
         """Dropout key of the step's forward pass number `index` (None when dropout is off)."""
         if not self.dropout:
             return None
-        key = self.key(DROPOUT_STREAM)
+        key = jax.random.fold_in(jax.random.fold_in(self._dropout_root, DROPOUT_STREAM), self.step)
         return key if index == 0 else jax.random.fold_in(key, index)
 
     def cached(self, key: Hashable, compute: Callable[[], Any]) -> Any:
