@@ -27,15 +27,24 @@ def replace_atomic(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes `obj` as indented JSON to `path` through a temporary file and a rename."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same directory and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    replace_atomic(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        replace_atomic(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes `obj` as indented JSON to `path` through a temporary file and a rename."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

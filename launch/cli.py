@@ -1,0 +1,36 @@
+"""What every launch script shares: absl flag parsing with config errors turned into one line."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import flags
+
+
+def one_line(message: str) -> str:
+    """The last line of a message that embeds a traceback (config-file errors do)."""
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") for ln in lines):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if re.match(r"^\w+(Error|Exception): ", last) else last
+    return " ".join(lines)
+
+
+def parse(argv: list[str]) -> list[str]:
+    """absl flag parsing with config errors (unknown field, bad value) turned into one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"{argv[0]}: {one_line(e)}")
+    except (AttributeError, KeyError) as e:
+        # ml_collections reports an unknown field as AttributeError/KeyError with a 'Did you mean' hint.
+        text = str(e).replace("\\n", " ")
+        hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+        bad = hint.group(2) if hint else (re.findall(r"\w+", text) or ["?"])[0]
+        names = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        override = next((n for n in names if bad in n.split(".")), f"--config...{bad}")
+        if hint:
+            fixed = ".".join(hint.group(1) if part == bad else part for part in override.split("."))
+            sys.exit(f"{argv[0]}: unknown config field {override}; did you mean {fixed}?")
+        sys.exit(f"{argv[0]}: unknown config field {override}; see the config file for its fields.")

@@ -1,0 +1,218 @@
+"""The experiment grid (ncjax.grid, ncjax.summary, launch/reproduce.py).
+
+The `:tiny` grid (2 recipes x 2 arms x 2 seeds + the base model, on the test fixture) runs once
+uninterrupted in-process; a second copy is started as `launch/reproduce.py`, SIGKILLed while a
+late cell is training, and rerun: its report must equal the uninterrupted one number for number,
+and the report's aggregates must equal a recomputation from the per-cell JSON files with scipy.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from ncjax import grid, summary
+
+REPO = Path(__file__).resolve().parents[1]
+OVERRIDES = {
+    "evaluate.benchmarks": "crows,winobias",
+    "train_overrides": "train.num_steps=6;checkpoint.every_steps=3;log.tensorboard=false;"
+                       "data.path=tests/fixtures/gender_lines.txt",
+    "measure.class_sets": "gender-adept,all",
+}
+
+
+def _tiny_grid():
+    spec = importlib.util.spec_from_file_location("reproduce_config", REPO / "configs" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("tiny")
+    for key, value in OVERRIDES.items():
+        node, *_ = [c]
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    """One persistent compilation cache for the in-process grid and the subprocess."""
+    import jax
+
+    try:
+        from jax._src.compilation_cache import reset_cache
+    except ImportError:  # pragma: no cover - a future JAX: the runs simply compile each time
+        def reset_cache():
+            return None
+
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: jax.config.values[n] for n in names}
+    for n, v in zip(names, (path, 0.0, 0)):
+        jax.config.update(n, v)
+    reset_cache()
+    yield {n.upper(): str(v) for n, v in zip(names, (path, 0, 0))}
+    for n, v in saved.items():
+        jax.config.update(n, v)
+    reset_cache()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_env):
+    workdir = tmp_path_factory.mktemp("grid_a")
+    cwd = os.getcwd()
+    os.chdir(REPO)  # recipe configs name the fixture relative to the checkout
+    try:
+        report = grid.run(_tiny_grid(), workdir)
+    finally:
+        os.chdir(cwd)
+    return workdir, report
+
+
+def test_report_files_and_rows(uninterrupted):
+    workdir, report = uninterrupted
+    assert report["cells_expected"] == 9 and not report["cells_missing"]
+    assert [r["row"] for r in report["rows"]] == ["base", "bec", "bec + NC3", "bec_batch", "bec_batch + NC3"]
+    for name in ("report.md", "report.json", "metrics.png", "curves.png"):
+        assert (workdir / name).is_file(), name
+    # the UNC3 vs SS scatter needs StereoSet, which this grid leaves out
+    assert not (workdir / "unc3_vs_ss.png").exists() and "![metrics](metrics.png)" in (workdir / "report.md").read_text()
+    json.loads((workdir / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    md = (workdir / "report.md").read_text()
+    assert "| bec + NC3 |" in md and "Significant at 95 %" in md and "Not significant" in md
+    # the baseline arm trains without the penalty, the +NC3 arm with it
+    cfg = json.loads((workdir / "cells" / "001-bec-baseline-s0" / "cell.json").read_text())["train"]["config"]
+    assert cfg["penalty"]["alpha"] == 0 and cfg["seed"] == 0
+    cfg = json.loads((workdir / "cells" / "004-bec-nc3-s1" / "cell.json").read_text())["train"]["config"]
+    assert cfg["penalty"]["alpha"] > 0 and cfg["seed"] == 1
+
+
+def test_aggregate_equals_recomputation(uninterrupted):
+    workdir, report = uninterrupted
+
+    def cell(name):
+        d = workdir / "cells" / name
+        return json.loads((d / "eval.json").read_text()), json.loads((d / "nc.json").read_text())
+
+    for recipe in ("bec", "bec_batch"):
+        first = 1 if recipe == "bec" else 5
+        names = {("baseline", s): f"{first + s:03d}-{recipe}-baseline-s{s}" for s in (0, 1)}
+        names |= {("nc3", s): f"{first + 2 + s:03d}-{recipe}-nc3-s{s}" for s in (0, 1)}
+        unc3 = {k: cell(v)[1]["gender-adept"]["unc3_cos_std"] for k, v in names.items()}
+        crows = {k: cell(v)[0]["crows"]["gender"]["metric"] for k, v in names.items()}
+        rows = {r["row"]: r for r in report["rows"]}
+        for arm, label in (("baseline", recipe), ("nc3", f"{recipe} + NC3")):
+            xs = [unc3[(arm, s)] for s in (0, 1)]
+            got = rows[label]["metrics"]["unc3"]
+            assert got["mean"] == pytest.approx(np.mean(xs), abs=1e-12)
+            assert got["std"] == pytest.approx(np.std(xs, ddof=1), abs=1e-12)
+            assert rows[label]["metrics"]["crows"]["mean"] == pytest.approx(np.mean([crows[(arm, s)] for s in (0, 1)]))
+        d = np.array([unc3[("nc3", s)] - unc3[("baseline", s)] for s in (0, 1)])
+        eff = report["effects"][recipe]["unc3"]
+        assert eff["mean"] == pytest.approx(d.mean(), abs=1e-12)
+        lo, hi = scipy.stats.t.interval(0.95, df=1, loc=d.mean(), scale=scipy.stats.sem(d))
+        assert eff["ci95"] == pytest.approx([lo, hi], rel=1e-3)
+        assert eff["significant"] == (lo > 0 or hi < 0)
+    base = next(r for r in report["rows"] if r["row"] == "base")
+    assert base["metrics"]["unc3"]["mean"] == pytest.approx(cell("000-base")[1]["gender-adept"]["unc3_cos_std"])
+
+
+def test_kill_mid_grid_and_resume_gives_identical_report(uninterrupted, tmp_path, cache_env):
+    _, want = uninterrupted
+    workdir = tmp_path / "grid_b"
+    args = [sys.executable, str(REPO / "launch" / "reproduce.py"), "--config", str(REPO / "configs" / "reproduce.py:tiny"),
+            "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    env = {**os.environ, **cache_env, "PYTHONPATH": str(REPO)}
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    target = workdir / "cells" / "007-bec_batch-nc3-s0" / "train" / "checkpoints"
+    deadline = time.time() + 300
+    try:
+        while not (target.is_dir() and any(p.name.isdigit() for p in target.iterdir())):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "the grid did not reach cell 7 in time"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (workdir / "cells" / "008-bec_batch-nc3-s1").exists()
+    assert not (workdir / "report.json").exists()
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads((workdir / "report.json").read_text())
+    assert got["cells"] == want["cells"]
+    assert got["rows"] == want["rows"]
+    assert got["effects"] == want["effects"]
+    assert got["nc"] == want["nc"]
+
+
+def test_grid_refuses_other_config_and_bad_inputs(tmp_path):
+    c = _tiny_grid()
+    grid.check_identity(c, tmp_path)
+    other = _tiny_grid()
+    other.arms.baseline_overrides = "penalty.alpha=0.5"
+    with pytest.raises(ValueError, match=r"different config \(arms.baseline_overrides differ\)"):
+        grid.check_identity(other, tmp_path)
+    more = _tiny_grid()
+    more.seeds = "0,1,2"  # adding seeds keeps every finished cell valid
+    grid.check_identity(more, tmp_path)
+    fewer = _tiny_grid()
+    fewer.seeds = "1"
+    with pytest.raises(ValueError, match="seeds differ"):
+        grid.check_identity(fewer, tmp_path)
+    bad = _tiny_grid()
+    bad.recipes = "bec,mabel_x"
+    with pytest.raises(ValueError, match="names 'mabel_x', which is not in recipe"):
+        grid.cells(bad)
+    with pytest.raises(ValueError, match="outside the grid's 9 cells"):
+        grid.run_cell(c, tmp_path, 9)
+    with pytest.raises(ValueError, match="no field 'alhpa'"):
+        grid.apply_overrides(grid.recipe_config("configs/bert_nc3.py:tiny"), ["penalty.alhpa=1"])
+    with pytest.raises(FileNotFoundError, match="holds no grid"):
+        summary.aggregate(tmp_path / "empty")
+
+
+def test_cli_rejects_other_config_in_one_line(tmp_path):
+    c = _tiny_grid()
+    grid.check_identity(c, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "reproduce.py"), "--config", str(REPO / "configs" / "reproduce.py:tiny"),
+         "--workdir", str(tmp_path), "--config.seeds=5", "--cell", "0"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "different config" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("df", [1, 2, 5, 10, 29, 30])
+def test_t_quantile_table(df):
+    assert summary.t975(df) == pytest.approx(scipy.stats.t.ppf(0.975, df), abs=1e-3)
+
+
+def test_paired_effect_and_mean_std_by_hand():
+    eff = summary.paired_effect({0: 1.0, 1: 2.0, 2: 3.0}, {0: 2.0, 1: 3.1, 2: 3.9, 3: 9.0})
+    d = np.array([1.0, 1.1, 0.9])
+    assert eff["n"] == 3 and eff["seeds"] == [0, 1, 2] and eff["mean"] == pytest.approx(1.0)
+    half = scipy.stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert eff["ci95"] == pytest.approx([1.0 - half, 1.0 + half], rel=1e-3)
+    assert eff["significant"] and eff["sign_consistency"] == 1.0
+    wide = summary.paired_effect({0: 1.0, 1: 2.0, 2: 3.0}, {0: 2.0, 1: 2.5, 2: 4.5})
+    assert wide["mean"] == pytest.approx(1.0) and wide["sign_consistency"] == 1.0 and not wide["significant"]
+    mixed = summary.paired_effect({0: 0.0, 1: 0.0}, {0: 1.0, 1: -3.0})
+    assert mixed["mean"] == -1.0 and mixed["sign_consistency"] == 0.5 and not mixed["significant"]
+    assert summary.mean_std([1.0, None, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2,
+                                                  "values": [1.0, 3.0]}
+    assert summary.mean_std([4.0])["std"] is None
+    assert summary.strict({"a": [float("nan"), 1.0], "b": float("inf")}) == {"a": [None, 1.0], "b": None}
