@@ -17,10 +17,13 @@ def exit_on_interrupt(message: str) -> None:
         import tqdm.auto
         import tqdm.std
 
-        # each tqdm class keeps its own registry of live bars
-        for cls in {tqdm.std.tqdm, tqdm.auto.tqdm}:
-            for bar in list(getattr(cls, "_instances", ())):
-                bar.close()
+        # each tqdm class keeps its own registry of live bars; a bar caught half-drawn has no
+        # newline yet, so one is written before the bars are closed
+        bars = [b for cls in {tqdm.std.tqdm, tqdm.auto.tqdm} for b in list(getattr(cls, "_instances", ()))]
+        if bars:
+            sys.stderr.write("\n")
+        for bar in bars:
+            bar.close()
         atexit.register(lambda: print(message, file=sys.stderr, flush=True))
         raise SystemExit(130)
 
