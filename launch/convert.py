@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ncjax import convert  # noqa: E402
+import cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,11 +40,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_paths(src: str, dst: str) -> None:
+    """Refuses a DST that is SRC, lies inside SRC or contains it (replacing DST would delete
+    SRC's other files), before anything is loaded."""
+    from ncjax import weights
+
+    try:
+        source = weights.resolve_source(src)
+    except FileNotFoundError:
+        return  # load_model reports a missing source in its own words
+    source_dir = (source.parent if source.is_file() else source).resolve()
+    target = Path(dst).expanduser().resolve()
+    if target == source_dir or source_dir in target.parents or target in source_dir.parents:
+        raise ValueError(f"DST {dst} is, contains or lies inside SRC {src}; write to a separate directory.")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"DST {dst} exists and is not a directory; choose another destination.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("ncjax").setLevel(logging.INFO)
+    from ncjax import convert  # jax is imported here, after the interrupt handler
+
     try:
+        check_paths(args.src, args.dst)
         model, config = convert.load_model(args.src, init_missing_head=args.init_missing_head, seed=args.seed)
         save = convert.save_hf if args.to == "hf" else convert.save_ncjax
         out = save(model, config, args.dst, tokenizer_src=args.src, overwrite=args.overwrite)
@@ -55,4 +76,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    cli.exit_on_interrupt("interrupted; the destination was not written")
     sys.exit(main())

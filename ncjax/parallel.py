@@ -95,14 +95,15 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(AXIS))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-    """Raises ValueError unless the global batch splits evenly over devices and processes."""
+def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = "train.batch_size") -> None:
+    """Raises ValueError (naming the option `key`) unless the global batch splits evenly over
+    devices and processes."""
     n = mesh.devices.size
     if global_batch_size <= 0 or global_batch_size % n:
-        raise ValueError(f"train.batch_size {global_batch_size} is not divisible by the {n} devices of the "
-                         f"mesh; use a multiple of {n} (or set parallel.num_devices).")
+        raise ValueError(f"{key} {global_batch_size} is not divisible by the {n} devices of the "
+                         f"mesh; use a multiple of {n} (or fewer devices).")
     if global_batch_size % jax.process_count():
-        raise ValueError(f"train.batch_size {global_batch_size} is not divisible by the "
+        raise ValueError(f"{key} {global_batch_size} is not divisible by the "
                          f"{jax.process_count()} processes; use a multiple of it.")
 
 

@@ -1,0 +1,80 @@
+"""Writing results safely: checks before work, atomic writes after it.
+
+- `check_writable(path, what)`: before any model is loaded, the file's directory exists (or can
+  be made) and is writable and `path` is not a directory; raises ValueError naming the option.
+- `write_text(path, text)` / `write_json(path, obj)`: a temporary file in the same directory,
+  renamed into place, with the user's umask applied (mkstemp alone would leave 0600); a failure
+  or an interrupt leaves the old file (or nothing), never half a file. JSON is strict: a NaN or
+  infinity becomes null, so every JSON reader accepts the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | os.PathLike, what: str) -> Path:
+    """Raises ValueError (one sentence naming `what`) unless `path` can be written as a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name.")
+    parent = path.parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path}: {existing} is not a directory; choose another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} cannot be written ({existing} is not writable); choose another path.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{what} {path} exists and is read-only; choose another path.")
+    return path
+
+
+def finite(obj: Any) -> Any:
+    """A copy of `obj` with every NaN or infinite float replaced by None (JSON null)."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_bytes_with(path: str | os.PathLike, write) -> Path:
+    """Calls write(tmp_path) for a temporary file next to `path`, then renames it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically writes `text` (UTF-8) to `path`."""
+    return write_bytes_with(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> Path:
+    """Atomically writes `obj` as indented, strict JSON (non-finite floats as null)."""
+    return write_text(path, json.dumps(finite(obj), indent=2, sort_keys=sort_keys, allow_nan=False) + "\n")
