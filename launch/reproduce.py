@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -25,39 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cli  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/bert_nc3.py:minilm.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, export).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _one_line(message: str) -> str:
-    """The last line of a message that embeds a traceback (config-file errors do)."""
-    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
-    if any(ln.startswith("Traceback") for ln in lines):
-        last = lines[-1]
-        return last.split(": ", 1)[1] if re.match(r"^\w+(Error|Exception): ", last) else last
-    return " ".join(lines)
-
-
-def _parse(argv: list[str]) -> list[str]:
-    """absl flag parsing with config errors (unknown field, bad value) turned into one line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"{argv[0]}: {_one_line(e)}")
-    except (AttributeError, KeyError) as e:
-        # ml_collections reports an unknown field as AttributeError/KeyError with a 'Did you mean' hint.
-        text = str(e).replace("\\n", " ")
-        hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
-        bad = hint.group(2) if hint else (re.findall(r"\w+", text) or ["?"])[0]
-        names = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        override = next((n for n in names if bad in n.split(".")), f"--config...{bad}")
-        if hint:
-            fixed = ".".join(hint.group(1) if part == bad else part for part in override.split("."))
-            sys.exit(f"{argv[0]}: unknown config field {override}; did you mean {fixed}?")
-        sys.exit(f"{argv[0]}: unknown config field {override}; see the config file for its fields.")
 
 
 def main(argv: list[str]) -> None:
@@ -78,4 +52,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse)
+    app.run(main, flags_parser=cli.parse)
