@@ -6,9 +6,8 @@ ncjax.summary).
 
 Variants:
 
-  :tiny           BEC and BEC with the batch-mode penalty on the 2-layer test fixture, 2 arms x
-                  2 seeds, 12 steps each, the bias benchmarks on their first 4 examples: the
-                  whole pipeline in about a minute.
+  :tiny           BEC and CDA on the 2-layer test fixture, 2 arms x 2 seeds, 12 steps each, the
+                  bias benchmarks on their first 4 examples: the whole pipeline in minutes.
   :minilm_quick   BEC +- NC3 x 3 seeds on the all-MiniLM-L6-v2 encoder with a fresh MLM head,
                   the intrinsic bias benchmarks and the NC metrics (gender, all, random words).
 
@@ -31,8 +30,12 @@ VARIANTS = ("tiny", "minilm_quick")
 def base() -> ml_collections.ConfigDict:
     """Every field of a grid config."""
     c = ml_collections.ConfigDict()
-    c.recipe = ml_collections.ConfigDict()
+    c.recipe = ml_collections.ConfigDict()  # name -> configs/x.py[:variant][;field=value...]
     c.recipe.bec = "configs/bert_nc3.py"
+    c.recipe.mlm = "configs/mlm_nc3.py"
+    c.recipe.cda = "configs/cda_nc3.py"
+    c.recipe.dropout = "configs/dropout_nc3.py"
+    c.recipe.ase = "configs/ase_nc3.py"
     c.recipes = "bec"
     c.seeds = "0,1,2"
     c.arms = ml_collections.ConfigDict()
@@ -71,9 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base()
     if variant == "tiny":
         c.recipe.bec = "configs/bert_nc3.py:tiny"
-        c.recipe.bec_batch = ("configs/bert_nc3.py:tiny;penalty.mode=batch;penalty.label_shift=0;"
-                              "penalty.labels=original;penalty.features=mlm_transform")
-        c.recipes = "bec,bec_batch"
+        c.recipe.cda = "configs/cda_nc3.py:tiny"
+        c.recipes = "bec,cda"
         c.seeds = "0,1"
         c.train_overrides = "train.num_steps=12;checkpoint.every_steps=6;log.tensorboard=false"
         c.evaluate.limit = 4

@@ -28,6 +28,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -101,6 +102,9 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         path = ROOT / path
     if not path.is_file():
         raise FileNotFoundError(f"recipe config {path_text} does not exist; give a configs/*.py file.")
+    root = str(path.resolve().parents[1])
+    if root not in sys.path:  # recipe files import their shared base as `configs.common`
+        sys.path.insert(0, root)
     module_spec = importlib.util.spec_from_file_location(f"ncjax_recipe_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

@@ -126,7 +126,8 @@ def collect(workdir: Path) -> dict[str, Any]:
         curve = []
         metrics_file = cdir / "train" / "metrics.jsonl"
         if metrics_file.is_file():
-            curve = [{k: r.get(k) for k in ("step", "mlm", "nc3", "loss")} for r in logs.read_metrics(metrics_file)]
+            curve = [{"step": r.get("step"), "loss": r.get("loss"), "mlm": r.get("loss/mlm"), "nc3": r.get("loss/nc3")}
+                     for r in logs.read_metrics(metrics_file)]
         out[record["name"]] = {**record, "eval": _read_json(cdir / "eval.json"), "nc": _read_json(cdir / "nc.json"),
                                "curve": curve}
     return out

@@ -84,7 +84,7 @@ def uninterrupted(tmp_path_factory, cache_env):
 def test_report_files_and_rows(uninterrupted):
     workdir, report = uninterrupted
     assert report["cells_expected"] == 9 and not report["cells_missing"]
-    assert [r["row"] for r in report["rows"]] == ["base", "bec", "bec + NC3", "bec_batch", "bec_batch + NC3"]
+    assert [r["row"] for r in report["rows"]] == ["base", "bec", "bec + NC3", "cda", "cda + NC3"]
     for name in ("report.md", "report.json", "metrics.png", "curves.png"):
         assert (workdir / name).is_file(), name
     # the UNC3 vs SS scatter needs StereoSet, which this grid leaves out
@@ -106,7 +106,7 @@ def test_aggregate_equals_recomputation(uninterrupted):
         d = workdir / "cells" / name
         return json.loads((d / "eval.json").read_text()), json.loads((d / "nc.json").read_text())
 
-    for recipe in ("bec", "bec_batch"):
+    for recipe in ("bec", "cda"):
         first = 1 if recipe == "bec" else 5
         names = {("baseline", s): f"{first + s:03d}-{recipe}-baseline-s{s}" for s in (0, 1)}
         names |= {("nc3", s): f"{first + 2 + s:03d}-{recipe}-nc3-s{s}" for s in (0, 1)}
@@ -137,7 +137,7 @@ def test_kill_mid_grid_and_resume_gives_identical_report(uninterrupted, tmp_path
     env = {**os.environ, **cache_env, "PYTHONPATH": str(REPO)}
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    target = workdir / "cells" / "007-bec_batch-nc3-s0" / "train" / "checkpoints"
+    target = workdir / "cells" / "007-cda-nc3-s0" / "train" / "checkpoints"
     deadline = time.time() + 300
     try:
         while not (target.is_dir() and any(p.name.isdigit() for p in target.iterdir())):
@@ -147,7 +147,7 @@ def test_kill_mid_grid_and_resume_gives_identical_report(uninterrupted, tmp_path
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert not (workdir / "cells" / "008-bec_batch-nc3-s1").exists()
+    assert not (workdir / "cells" / "008-cda-nc3-s1").exists()
     assert not (workdir / "report.json").exists()
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
