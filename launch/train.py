@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
 
     try:
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     logging.info("%s at step %d of %d; checkpoint %s; export %s", result["status"], result["step"],
                  result["total_steps"], result["checkpoint"], result["export"])

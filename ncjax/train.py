@@ -14,6 +14,7 @@ Step numbering: the state's `step` counts applied updates. The update that reads
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from ncjax import checkpoint as ckpt_lib
 from ncjax import convert, data, flops, logs, masking, parallel, rng, schemas, weights
 from ncjax import model as model_lib
 from ncjax import step as step_lib
+from ncjax.lock import WorkdirLock
 from ncjax import terms as terms_lib
 
 log = logging.getLogger(__name__)
@@ -220,7 +222,13 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     parallel.check_batch_size(config.train.batch_size, mesh)
     is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
+    # one run per work directory: a second one stops at once, naming the holder
+    with WorkdirLock(workdir, what="training run") if is_main else contextlib.nullcontext():
+        return _run(config, workdir, model_src, mesh, is_main)
 
+
+def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, is_main: bool) -> dict[str, Any]:
+    """The body of `train_and_evaluate` once the inputs are checked and the directory is held."""
     tokenizer = convert.load_tokenizer(model_src)
     model_config = convert.load_config(model_src.parent if model_src.is_file() else model_src)
     if len(tokenizer) > model_config.vocab_size:

@@ -227,3 +227,29 @@ def test_lock_second_process_fails_fast_and_dead_holder_is_taken_over(tmp_path, 
     assert (tmp_path / ".lock").read_text() == ""  # released cleanly: nothing to take over next time
     with WorkdirLock(tmp_path):
         pass
+
+
+def test_two_training_runs_on_one_workdir(tmp_path):
+    """The second run exits at once naming the holder; the first finishes normally."""
+    workdir = tmp_path / "run"
+    args = [sys.executable, str(REPO / "launch" / "train.py"), "--config", str(REPO / "configs" / "bert_nc3.py:tiny"),
+            "--workdir", str(workdir), "--config.train.num_steps=6", "--config.checkpoint.every_steps=3",
+            "--config.data.path=tests/fixtures/gender_lines.txt", "--config.log.tensorboard=false"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = workdir / ".lock"
+        deadline = time.time() + 120
+        while not (lock.is_file() and lock.read_text().strip()):
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()[-2000:]
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert time.perf_counter() - t0 < 60  # interpreter start-up included; the refusal itself is immediate
+        _one_line_error(second, 1, f"in use by another training run (PID {first.pid}")
+        assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert (workdir / "export" / "hf" / "model.safetensors").is_file()
+    assert lock.read_text() == ""
