@@ -241,8 +241,11 @@ def test_two_training_runs_on_one_workdir(tmp_path):
         while not (lock.is_file() and lock.read_text().strip()):
             assert first.poll() is None and time.time() < deadline, first.stderr.read()[-2000:]
             time.sleep(0.05)
-        second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-        assert first.poll() is None  # refused while the first is still training, not after waiting for it
+        first.send_signal(signal.SIGSTOP)  # paused while holding the directory: no race with its end
+        try:
+            second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        finally:
+            first.send_signal(signal.SIGCONT)
         _one_line_error(second, 1, f"in use by another training run (PID {first.pid}")
         assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
     finally:
