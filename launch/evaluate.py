@@ -33,8 +33,28 @@ def _positive(text: str) -> int:
     return n
 
 
+def _checked(o: registry.Option):
+    """The option's parser, with its error message shown as is by argparse."""
+
+    def parse(text: str):
+        try:
+            return o.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{o.cli_flag} {text!r}: {e}") from e
+
+    parse.__name__ = o.name
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """Bad flags: one line on stderr (no usage dump), exit status 2."""
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="launch/evaluate.py",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -62,9 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if o.switch:
             p.add_argument(o.cli_flag, dest=o.name, action="store_true", help=o.help)
         else:
-            default = ",".join(map(str, o.default)) if isinstance(o.default, tuple) else o.default
-            p.add_argument(o.cli_flag, dest=o.name, type=o.parse, default=o.parse(str(default)) if default is not None
-                           else None, choices=o.choices, help=o.help)
+            p.add_argument(o.cli_flag, dest=o.name, type=_checked(o), default=o.default, choices=o.choices,
+                           help=o.help)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 

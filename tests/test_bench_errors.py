@@ -35,7 +35,8 @@ def test_launch_reports_errors_in_one_line(tmp_path, capsys):
     assert rc == 2 and "now 'winobias-probe'" in err and "'coref'" in err and err.count("\n") == 1
     with pytest.raises(SystemExit):
         launch_evaluate.parse_args(["--model", "x", "--output", "o.json", "--limit", "0"])
-    assert "--limit '0' must be a positive whole number" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--limit '0' must be a positive whole number" in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
 
 

@@ -18,7 +18,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-MODULES = ("stereoset", "crows", "seat", "becpro", "winobias")
+MODULES = ("stereoset", "crows", "seat", "becpro", "winobias", "glue")
 KINDS = ("mlm", "finetune")
 
 
@@ -66,6 +66,7 @@ class Context:
     load_scorer: Callable[[], Any]
     examples: list[dict[str, Any]] | None = None
     _scorer: Any = None
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. the encoder, loaded once
 
     @property
     def scorer(self) -> Any:
@@ -99,6 +100,7 @@ class Benchmark:
     options: tuple[Option, ...] = ()
     default: bool = True  # part of the default selection (the quick bias suite)
     data_option: str | None = None  # an option that, when set, is the data path instead of data[0]
+    check: Callable[[dict[str, Any]], Any] | None = None  # validates its option values before any compute
 
 
 @functools.cache
@@ -161,6 +163,8 @@ def resolve_options(given: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, o in known.items():
         value = given.get(name, o.default)
+        if isinstance(value, str) and o.parse is not str:
+            value = o.parse(value)
         if o.choices is not None and value not in o.choices:
             raise ValueError(f"Unknown {o.cli_flag[2:]} value {value!r}; use one of {', '.join(map(str, o.choices))}.")
         out[name] = value

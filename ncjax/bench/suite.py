@@ -65,7 +65,9 @@ def evaluate(
     opts = registry.resolve_options(options)
     data = Path(data_dir) if data_dir is not None else DATA_DIR
     bench = registry.registry()
-    for name in names:  # fail on missing data before spending time on the model
+    for name in names:  # fail on bad options and missing data before spending time on the model
+        if bench[name].check is not None:
+            bench[name].check(opts)
         for p in registry.data_paths(bench[name], data, opts):
             if not p.exists():
                 raise FileNotFoundError(f"Data for {name} not found at {p}; pass --data-dir with the benchmark files.")
