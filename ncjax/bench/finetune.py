@@ -25,10 +25,8 @@ all run through these two functions.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,7 +37,6 @@ import optax
 from flax import nnx
 
 from ncjax import parallel
-from ncjax.bench.registry import Context, Option
 from ncjax.logs import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -213,7 +210,7 @@ def _compiled_step(key_graph: Any, m: Model, head: Any, hp: Hparams, total: int,
     return _STEPS[key]
 
 
-def _check_run_dir(run_dir: Path, spec: dict[str, Any]) -> None:
+def check_run_dir(run_dir: Path, spec: dict[str, Any]) -> None:
     """A run directory belongs to one set of settings; reusing it for others is an error."""
     f = run_dir / "spec.json"
     if f.is_file():
@@ -240,12 +237,14 @@ def finetune(
     progress: bool = False,
     desc: str = "finetune",
     pooler: dict[str, np.ndarray] | None = None,
+    on_epoch: Any = None,
 ) -> tuple[dict[str, Any], list[float]]:
     """Trains encoder + head on `train`; returns (params {"encoder", "head"}, per-step losses).
 
     With `run_dir`, resumes from its last checkpoint (settings must match `spec`) and saves
     every hp.checkpoint_every steps and at the end. Losses of steps run before a resume are
-    read back from the checkpoint metadata."""
+    read back from the checkpoint metadata. on_epoch(epoch, params) is called after each
+    completed epoch (epoch counts from 1; the last, possibly fractional, one included)."""
     mesh = mesh if mesh is not None else parallel.make_mesh()
     parallel.check_batch_size(hp.batch_size, mesh)
     if len(train) == 0:
@@ -264,7 +263,7 @@ def finetune(
     if run_dir is not None:
         from ncjax.checkpoint import Checkpointer, abstract_like
 
-        _check_run_dir(run_dir, {**(spec or {}), "hparams": dataclasses.asdict(hp), "max_length": max_length})
+        check_run_dir(run_dir, {**(spec or {}), "hparams": dataclasses.asdict(hp), "max_length": max_length})
         ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=1, async_save=False)
         last = ckpt.latest_step()
         if last is not None:
@@ -289,8 +288,11 @@ def finetune(
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if (s + 1) % 100 == 0 or s + 1 == total:
                 log.info("%s: step %d/%d, loss %.4f", desc, s + 1, total, losses[-1])
-            if ckpt is not None and ((s + 1) % hp.checkpoint_every == 0 or s + 1 == total):
+            if ckpt is not None and ((s + 1) % hp.checkpoint_every == 0 or s + 1 == total
+                                     or (on_epoch is not None and (s + 1) % steps_per_epoch == 0)):
                 ckpt.save(s + 1, (params, opt_state), {"step": s + 1, "losses": losses})
+            if on_epoch is not None and ((s + 1) % steps_per_epoch == 0 or s + 1 == total):
+                on_epoch(-(-(s + 1) // steps_per_epoch), params)
     if ckpt is not None:
         ckpt.close()
     return params, losses
@@ -326,119 +328,3 @@ def predict(
             out = np.zeros((len(data),) + logits.shape[1:], np.float32)
         out[idx] = logits[:len(idx)]
     return out if out is not None else np.zeros((0,), np.float32)
-
-
-# ----------------------------------------------------------------------------- benchmark glue
-
-def _maybe_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"{text!r} is not a positive whole number")
-    return n
-
-
-OPTIONS = (
-    Option("ft_learning_rate", None, "fine-tuning peak learning rate (default: the task's, 2e-5)", parse=float),
-    Option("ft_batch_size", None, "fine-tuning batch size (default: the task's, 32)", parse=_maybe_int),
-    Option("ft_epochs", None, "fine-tuning epochs (default: the task's, 3)", parse=float),
-    Option("ft_max_length", None, "fine-tuning max sequence length (default: the task's, 128 for GLUE)",
-           parse=_maybe_int),
-    Option("ft_train_limit", None, "fine-tune on the first N training examples only (a reduced schedule)",
-           parse=_maybe_int),
-)
-
-
-@dataclasses.dataclass
-class Encoder:
-    """The encoder under test, loaded once per evaluation: split model, tokenizer, pretrained pooler."""
-
-    model: Model
-    tokenizer: Any
-    pooler: dict[str, np.ndarray] | None
-    model_dropout: float
-    source: str
-    max_positions: int
-
-
-def load_encoder(ctx: Context) -> Encoder:
-    """The model at ctx.model_source as an Encoder (cached on ctx). Its MLM head, if any, is
-    unused; a checkpoint without one loads too (a placeholder head is built and never read)."""
-    if "encoder" not in ctx.cache:
-        from ncjax.convert import load_model, load_pooler, load_tokenizer
-
-        model, config = load_model(ctx.model_source, init_missing_head=True, seed=ctx.options["seed"])
-        pooler = load_pooler(ctx.model_source)
-        if pooler is None:
-            log.info("%s has no pretrained pooler; sequence heads start from a freshly initialised one "
-                     "(as transformers does).", ctx.model_source)
-        ctx.cache["encoder"] = Encoder(split_encoder(model), load_tokenizer(ctx.model_source), pooler,
-                                       config.hidden_dropout_prob, ctx.model_source, config.max_position_embeddings)
-    return ctx.cache["encoder"]
-
-
-def hparams(ctx: Context, max_length: int, **task_defaults: Any) -> tuple[Hparams, int]:
-    """Hparams from the task's defaults overridden by the ft_* options and the suite seed; the
-    max length is capped at the encoder's position embeddings."""
-    o = ctx.options
-    max_length = min(o["ft_max_length"] or max_length, load_encoder(ctx).max_positions)
-    base = Hparams(seed=o["seed"], **task_defaults)
-    hp = dataclasses.replace(
-        base,
-        learning_rate=o["ft_learning_rate"] if o["ft_learning_rate"] is not None else base.learning_rate,
-        batch_size=o["ft_batch_size"] or base.batch_size,
-        epochs=o["ft_epochs"] if o["ft_epochs"] is not None else base.epochs,
-    )
-    return hp, max_length
-
-
-def train_limit(ctx: Context) -> int | None:
-    """How many training examples to use: the smaller of --limit and ft_train_limit (None: all)."""
-    given = [n for n in (ctx.limit, ctx.options["ft_train_limit"]) if n is not None]
-    return min(given) if given else None
-
-
-def _digest(data: Encoded) -> str:
-    h = hashlib.sha256()
-    for x in data.ids:
-        h.update(x.tobytes())
-    for k in sorted(data.fields):
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(data.fields[k]).tobytes())
-    return h.hexdigest()[:16]
-
-
-def run(
-    ctx: Context,
-    name: str,
-    enc: Encoder,
-    head: Any,
-    train: Encoded,
-    evals: dict[str, Encoded],
-    hp: Hparams,
-    max_length: int,
-) -> dict[str, np.ndarray]:
-    """Fine-tunes on `train` and returns {key: logits} for each eval set. With ctx.workdir the run
-    lives in <workdir>/<name>/ (resumed when interrupted; read back when finished)."""
-    run_dir = ctx.workdir / name if ctx.workdir is not None else None
-    spec = {"model": enc.source, "benchmark": name, "train": [len(train), _digest(train)],
-            "evals": {k: [len(v), _digest(v)] for k, v in evals.items()}, "head": repr(head)}
-    done = run_dir / "logits.npz" if run_dir is not None else None
-    if done is not None and done.is_file():
-        _check_run_dir(run_dir, {**spec, "hparams": dataclasses.asdict(hp), "max_length": max_length})
-        with np.load(done) as z:
-            log.info("%s: finished run read back from %s", name, run_dir)
-            return {k: z[k] for k in evals}
-    mesh = parallel.make_mesh()
-    params, _ = finetune(enc.model, head, train, hp, max_length=max_length, mesh=mesh, run_dir=run_dir, spec=spec,
-                         progress=ctx.progress is not None and not getattr(ctx.progress, "disable", True),
-                         desc=name, pooler=enc.pooler)
-    out = {k: predict(enc.model, head, params, v, max_length=max_length, batch_size=hp.eval_batch_size, mesh=mesh)
-           for k, v in evals.items()}
-    if done is not None:
-        tmp = done.with_name(".logits.tmp.npz")
-        np.savez(tmp, **out)
-        os.replace(tmp, done)
-    return out

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ncjax.bench import finetune as ft
+from ncjax.bench import runs
 from ncjax.bench.heads import SequenceHead
 from ncjax.bench.registry import Benchmark, Context, Option, comma_list, fmt
 
@@ -219,12 +220,12 @@ def _encode(split: Split, tokenizer: Any, max_length: int) -> ft.Encoded:
 def run_task(ctx: Context, task: str, splits: dict[str, Split]) -> dict[str, dict[str, float]]:
     """Fine-tunes on splits['train'] and scores every dev split of `task`."""
     spec = TASKS[task]
-    enc = ft.load_encoder(ctx)
-    hp, max_length = ft.hparams(ctx, max_length=128)
-    train = _encode(splits["train"].head(ft.train_limit(ctx)), enc.tokenizer, max_length)
+    enc = runs.load_encoder(ctx)
+    hp, max_length = runs.hparams(ctx, max_length=128)
+    train = _encode(splits["train"].head(runs.train_limit(ctx)), enc.tokenizer, max_length)
     devs = {k: splits[k].head(ctx.limit) for k in spec.dev}
     head = SequenceHead(1 if spec.labels is None else len(spec.labels), enc.model_dropout)
-    logits = ft.run(ctx, f"glue/{task}", enc, head, train, {k: _encode(v, enc.tokenizer, max_length)
+    logits = runs.run(ctx, f"glue/{task}", enc, head, train, {k: _encode(v, enc.tokenizer, max_length)
                                                             for k, v in devs.items()}, hp, max_length)
     out = {}
     for key, dev in devs.items():
@@ -275,7 +276,7 @@ BENCHMARK = Benchmark(
                "bundled ones; mnli also scores mnli_mm)", parse=_tasks),
         Option("glue_dir", None, "directory of GLUE task directories (default: the bundled RTE, MRPC, STS-B, "
                "CoLA, SST-2)"),
-        *ft.OPTIONS,
+        *runs.OPTIONS,
     ),
     check=lambda opts: _tasks(",".join(opts["glue_tasks"])),
 )

@@ -18,7 +18,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-MODULES = ("stereoset", "crows", "seat", "becpro", "winobias", "glue")
+MODULES = ("stereoset", "crows", "seat", "becpro", "winobias", "glue", "coref")
 KINDS = ("mlm", "finetune")
 
 
