@@ -83,3 +83,41 @@ def test_tiny_coref_end_to_end(tiny_bert_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "w" / "coref").iterdir()) == [
         "checkpoints", "done.json", "epoch1.npz", "epoch2.npz", "spec.json"]
     assert "| WinoBias coref | TPR-1 · TPR-2 |" in bench.markdown(r)
+
+
+CONLL = """#begin document (test/doc0); part 000
+test/doc0 0 0 Mary NNP (NP* - - - - (PERSON) (1)
+test/doc0 0 1 met VBD * - - - - * -
+test/doc0 0 2 the DT (NP* - - - - * (2
+test/doc0 0 3 old JJ * - - - - * -
+test/doc0 0 4 doctor NN *) - - - - * 2)
+test/doc0 0 5 . . * - - - - * -
+
+test/doc0 0 0 She PRP (NP*) - - - - * (1)
+test/doc0 0 1 thanked VBD * - - - - * -
+test/doc0 0 2 him PRP * - - - - * (2)
+test/doc0 0 3 . . * - - - - * -
+
+#end document
+"""
+
+
+def test_conll_pronoun_examples_from_a_synthetic_file(tmp_path):
+    from ncjax.bench import conll
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "doc0.v4_gold_conll").write_text(CONLL)
+    exs = conll.load_pronoun_examples(tmp_path, seed=0)
+    assert len(exs) == 2  # She -> Mary (vs the old doctor), him -> the old doctor (vs Mary)
+    by_pron = {e.text[slice(*e.pronoun)]: e for e in exs}
+    assert set(by_pron) == {"She", "him"}
+    for pron, gold, other in (("She", "Mary", "the old doctor"), ("him", "the old doctor", "Mary")):
+        e = by_pron[pron]
+        assert e.text == "Mary met the old doctor . She thanked him ."
+        cands = [e.text[slice(*e.a)], e.text[slice(*e.b)]]
+        assert cands[e.label] == gold and cands[1 - e.label] == other
+    (tmp_path / "a" / "bad_conll").write_text("#begin document (x); part 000\nx 0 0 He PRP * 3)\n#end document\n")
+    with pytest.raises(ValueError, match=r"bad_conll:2: chain 3 closes without being opened"):
+        conll.load_pronoun_examples(tmp_path)
+    with pytest.raises(FileNotFoundError, match="holds no \\*_conll files"):
+        conll.load_pronoun_examples(tmp_path / "a" / "none")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -274,6 +275,7 @@ def finetune(
     from tqdm.auto import tqdm
 
     plan: dict[int, list[np.ndarray]] = {}
+    t0 = time.perf_counter()
     with tqdm(total=total, initial=start, desc=desc, unit="step", disable=not progress, leave=False) as bar:
         for s in range(start, total):
             epoch, b = divmod(s, steps_per_epoch)
@@ -286,8 +288,9 @@ def finetune(
                 raise FloatingPointError(f"{desc}: loss is {losses[-1]} at step {s}; lower the learning rate.")
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if (s + 1) % 100 == 0 or s + 1 == total:
-                log.info("%s: step %d/%d, loss %.4f", desc, s + 1, total, losses[-1])
+            if (s + 1) % 25 == 0 or s + 1 == total:
+                log.info("%s: step %d/%d, loss %.4f, %.1f s since start", desc, s + 1, total, losses[-1],
+                         time.perf_counter() - t0)
             if ckpt is not None and ((s + 1) % hp.checkpoint_every == 0 or s + 1 == total
                                      or (on_epoch is not None and (s + 1) % steps_per_epoch == 0)):
                 ckpt.save(s + 1, (params, opt_state), {"step": s + 1, "losses": losses})
