@@ -18,7 +18,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-MODULES = ("stereoset", "crows", "seat", "becpro", "winobias", "glue", "coref")
+MODULES = ("stereoset", "crows", "seat", "becpro", "winobias", "glue", "coref", "bios")
 KINDS = ("mlm", "finetune")
 
 
