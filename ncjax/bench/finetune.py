@@ -171,7 +171,7 @@ def optimizer(hp: Hparams, total_steps: int) -> optax.GradientTransformation:
     )
 
 
-def _put(batch: dict[str, np.ndarray], mesh: Any) -> dict[str, jax.Array]:
+def put_batch(batch: dict[str, np.ndarray], mesh: Any) -> dict[str, jax.Array]:
     n, pi = jax.process_count(), jax.process_index()
     local = {k: v[pi * len(v) // n:(pi + 1) * len(v) // n] for k, v in batch.items()}
     return parallel.global_batch(local, mesh)
@@ -209,6 +209,22 @@ def _compiled_step(key_graph: Any, m: Model, head: Any, hp: Hparams, total: int,
         rep = parallel.replicated(mesh)
         _STEPS[key] = jax.jit(_train_step(m, head, tx, hp.seed), donate_argnums=(0, 1), out_shardings=(rep, rep, rep))
     return _STEPS[key]
+
+
+def init_training(m: Model, head: Any, hp: Hparams, total: int, mesh: Any,
+                  pooler: dict[str, np.ndarray] | None = None) -> tuple[Any, dict[str, Any], Any]:
+    """(jitted step, replicated params {"encoder", "head"}, optimiser state) for `total` steps.
+
+    step(params, opt_state, batch, step_no) -> (params, opt_state, loss); params and opt_state
+    are donated."""
+    tx = optimizer(hp, total)
+    rep = parallel.replicated(mesh)
+    params = {"encoder": m.encoder, "head": head.init(jax.random.key(hp.seed), m.hidden, pooler)}
+    # Fresh replicated copies: the step donates its inputs, and `m` must stay usable.
+    params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=rep)(params)
+    opt_state = jax.device_put(tx.init(params), rep)
+    step_fn = _compiled_step(m.graphdef, m, head, dataclasses.replace(hp, checkpoint_every=0), total, mesh, tx)
+    return step_fn, params, opt_state
 
 
 def check_run_dir(run_dir: Path, spec: dict[str, Any]) -> None:
@@ -253,12 +269,7 @@ def finetune(
     lengths = np.array([len(x) for x in train.ids])
     steps_per_epoch = -(-len(train) // hp.batch_size)
     total = max(1, int(round(hp.epochs * steps_per_epoch)))
-    tx = optimizer(hp, total)
-    rep = parallel.replicated(mesh)
-    params = {"encoder": m.encoder, "head": head.init(jax.random.key(hp.seed), m.hidden, pooler)}
-    # Fresh replicated copies: the step donates its inputs, and `m` must stay usable.
-    params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=rep)(params)
-    opt_state = jax.device_put(tx.init(params), rep)
+    step_fn, params, opt_state = init_training(m, head, hp, total, mesh, pooler)
     start, losses = 0, []
     ckpt = None
     if run_dir is not None:
@@ -271,7 +282,6 @@ def finetune(
             (params, opt_state), meta = ckpt.restore(last, abstract_like((params, opt_state)))
             start, losses = int(meta["step"]), list(meta["losses"])
             log.info("%s: resumed at step %d of %d from %s", desc, start, total, run_dir)
-    step_fn = _compiled_step(m.graphdef, m, head, dataclasses.replace(hp, checkpoint_every=0), total, mesh, tx)
     from tqdm.auto import tqdm
 
     plan: dict[int, list[np.ndarray]] = {}
@@ -281,7 +291,7 @@ def finetune(
             epoch, b = divmod(s, steps_per_epoch)
             if epoch not in plan:
                 plan = {epoch: epoch_batches(lengths, hp.batch_size, hp.seed, epoch)}
-            batch = _put(make_batch(train, plan[epoch][b], hp.batch_size, max_length, m.pad_id), mesh)
+            batch = put_batch(make_batch(train, plan[epoch][b], hp.batch_size, max_length, m.pad_id), mesh)
             params, opt_state, loss = step_fn(params, opt_state, batch, jnp.int32(s))
             losses.append(float(loss))
             if not np.isfinite(losses[-1]):
@@ -325,7 +335,7 @@ def predict(
     lengths = np.array([len(x) for x in data.ids])
     out: np.ndarray | None = None
     for idx in eval_batches(lengths, batch_size):
-        logits = np.asarray(parallel.to_host(forward(params, _put(make_batch(data, idx, batch_size, max_length,
+        logits = np.asarray(parallel.to_host(forward(params, put_batch(make_batch(data, idx, batch_size, max_length,
                                                                               m.pad_id), mesh))))
         if out is None:
             out = np.zeros((len(data),) + logits.shape[1:], np.float32)
