@@ -25,12 +25,9 @@ from ncjax.bench import registry  # noqa: E402
 
 def _positive(text: str) -> int:
     try:
-        n = int(text)
+        return registry.positive_int(text)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--limit {text!r} must be a positive whole number of examples")
-    return n
+        raise argparse.ArgumentTypeError(f"--limit {text!r} must be a positive whole number of examples") from None
 
 
 def _checked(o: registry.Option):

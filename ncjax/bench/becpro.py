@@ -175,11 +175,7 @@ def run(
 
 
 def _run(ctx: Context) -> dict[str, Any]:
-    records: list[dict[str, Any]] = []
-    out = run(ctx.data_path("becpro"), ctx.scorer, padding=ctx.options["becpro_padding"], limit=ctx.limit,
-              progress=ctx.progress, records=records)
-    ctx.record("becpro", records)
-    return {"becpro": out}
+    return ctx.scored("becpro", run, ctx.data_path("becpro"), ctx.scorer, padding=ctx.options["becpro_padding"])
 
 
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -209,14 +209,9 @@ def run(
 
 
 def _run(ctx: Context) -> dict[str, Any]:
-    out = {}
-    for key, pll in (("crows", False), ("crows_pll", True)):
-        if pll and not ctx.options["crows_pll"]:
-            continue
-        records: list[dict[str, Any]] = []
-        out[key] = run(ctx.data_path("crows"), ctx.scorer, pll=pll, limit=ctx.limit, progress=ctx.progress,
-                       records=records)
-        ctx.record(key, records)
+    out = ctx.scored("crows", run, ctx.data_path("crows"), ctx.scorer)
+    if ctx.options["crows_pll"]:
+        out.update(ctx.scored("crows_pll", run, ctx.data_path("crows"), ctx.scorer, pll=True))
     return out
 
 

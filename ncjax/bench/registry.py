@@ -48,6 +48,17 @@ class Option:
         return self.setting or self.name
 
 
+def positive_int(text: str) -> int:
+    """'12' -> 12; anything that is not a whole number >= 1 is a ValueError."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{text!r} is not a positive whole number")
+    return n
+
+
 def comma_list(text: str) -> tuple[str, ...]:
     """'a,b,,c' -> ('a', 'b', 'c')."""
     return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -77,6 +88,13 @@ class Context:
     def data_path(self, benchmark: str) -> Path:
         """The benchmark's (first) data path: its data option when set, else under data_dir."""
         return data_paths(registry()[benchmark], self.data_dir, self.options)[0]
+
+    def scored(self, key: str, run: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """{key: run(*args, limit=, progress=, records=, **kwargs)}, its per-example records kept under key."""
+        records: list[dict[str, Any]] = []
+        out = run(*args, limit=self.limit, progress=self.progress, records=records, **kwargs)
+        self.record(key, records)
+        return {key: out}
 
     def record(self, benchmark: str, records: Sequence[dict[str, Any]]) -> None:
         """Adds per-example records (each gets `benchmark` first) when --per-example is on."""

@@ -200,12 +200,9 @@ def run(
 
 
 def _run(ctx: Context) -> dict[str, Any]:
-    records: list[dict[str, Any]] = []
     o = ctx.options
-    out = run(ctx.data_path("seat"), ctx.scorer, o["seat_tests"], n_samples=o["n_samples"], seed=o["seed"],
-              limit=ctx.limit, progress=ctx.progress, records=records)
-    ctx.record("seat", records)
-    return {"seat": out}
+    return ctx.scored("seat", run, ctx.data_path("seat"), ctx.scorer, o["seat_tests"], n_samples=o["n_samples"],
+                      seed=o["seed"])
 
 
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:

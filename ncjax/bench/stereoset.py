@@ -226,10 +226,7 @@ def run(
 
 
 def _run(ctx: Context) -> dict[str, Any]:
-    records: list[dict[str, Any]] = []
-    out = run(ctx.data_path("stereoset"), ctx.scorer, limit=ctx.limit, progress=ctx.progress, records=records)
-    ctx.record("stereoset", records)
-    return {"stereoset": out}
+    return ctx.scored("stereoset", run, ctx.data_path("stereoset"), ctx.scorer)
 
 
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:

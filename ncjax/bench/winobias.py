@@ -141,11 +141,8 @@ def run(
 
 
 def _run(ctx: Context) -> dict[str, Any]:
-    records: list[dict[str, Any]] = []
-    out = run(ctx.data_path("winobias-probe"), ctx.scorer, splits=ctx.options["winobias_splits"], limit=ctx.limit,
-              progress=ctx.progress, records=records)
-    ctx.record("winobias-probe", records)
-    return {"winobias-probe": out}
+    return ctx.scored("winobias-probe", run, ctx.data_path("winobias-probe"), ctx.scorer,
+                      splits=ctx.options["winobias_splits"])
 
 
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
