@@ -326,11 +326,10 @@ def predict(
     n_dev = mesh.devices.size
     batch_size = -(-batch_size // n_dev) * n_dev
     rep = parallel.replicated(mesh)
-
-    @jax.jit
-    def forward(p, batch):
-        return head.logits(p["head"], _hidden(m, p["encoder"], batch, None), batch, None)
-
+    key = ("predict", m.graphdef, head, mesh)
+    if key not in _STEPS:  # one jitted forward per model structure, head and mesh (reused across epochs)
+        _STEPS[key] = jax.jit(lambda p, batch: head.logits(p["head"], _hidden(m, p["encoder"], batch, None), batch, None))
+    forward = _STEPS[key]
     params = jax.device_put(params, rep)
     lengths = np.array([len(x) for x in data.ids])
     out: np.ndarray | None = None

@@ -8,6 +8,8 @@ The results dict (JSON layout, stable so runs can be compared by script):
     becpro.{mean_association.<person_gender>.<profession_group>, gap.<profession_group>, gap.overall, count}
     winobias-probe.{type1,type2}.{pro_acc,anti_acc,gap}
     glue.<task>.<metric>, glue.average                       (fine-tuning benchmarks; see their modules)
+    coref.{type1,type2}.{pro,anti}.{acc,f1}, coref.tpr1, coref.tpr2, coref.gap.{m_f1,f_f1,bias}, coref.selected_epoch
+    bios.{acc,acc_m,acc_f,tpr_gap,tpr_rms,per_profession,setting}
     seconds.{<benchmark>..., total}
 """
 
