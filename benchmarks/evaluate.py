@@ -56,7 +56,7 @@ def ref_stereoset(model, tok, limit):
     """bias-bench StereoSetRunner._likelihood_score (batch 1) + ScoreEvaluator, from the JSONL."""
     import torch
 
-    rows = [json.loads(line) for line in open(DATA / bench.suite.STEREOSET_FILE, encoding="utf-8")]
+    rows = [json.loads(line) for line in open(DATA / bench.registry.data_file("stereoset"), encoding="utf-8")]
     examples = [r for r in rows if r["type"] == "intrasentence"][:limit]
     strip = str.maketrans("", "", string.punctuation)
     scores = {}
@@ -101,7 +101,7 @@ def ref_crows(model, tok, limit):
     import torch
     import torch.nn.functional as F
 
-    with open(DATA / bench.suite.CROWS_FILE, newline="", encoding="utf-8") as f:
+    with open(DATA / bench.registry.data_file("crows"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[:limit]
     results = []
     for row in rows:
@@ -146,7 +146,7 @@ def ref_seat(model, tok, limit, tests=nc_seat.GENDER_TESTS, n_samples=nc_seat.N_
     np.random.seed(seed)
     out = {}
     for test in tests:
-        doc = json.load(open(DATA / bench.suite.SEAT_DIR / f"{test}.jsonl"))
+        doc = json.load(open(DATA / bench.registry.data_file("seat") / f"{test}.jsonl"))
         encs = {}
         for key in ("targ1", "targ2", "attr1", "attr2"):
             encs[key] = {}
@@ -191,7 +191,7 @@ def ref_becpro(model, tok, limit):
     """marionbartl/gender-bias-BERT model_evaluation: [MASK]-padded inputs, batches of 20."""
     import torch
 
-    with open(DATA / bench.suite.BECPRO_FILE, newline="", encoding="utf-8") as f:
+    with open(DATA / bench.registry.data_file("becpro"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     max_len = int(math.pow(2, math.ceil(math.log2(max(len(r["Sent_TM"].split()) for r in rows)))))
     rows = rows[:limit]
@@ -301,7 +301,7 @@ def main() -> None:
     # for a while after each jax call, which would slow the reference unfairly.
     refs, t_ref = {}, {}
     fns = {"stereoset": ref_stereoset, "crows": ref_crows, "seat": ref_seat, "becpro": ref_becpro,
-           "winobias": ref_winobias}
+           "winobias-probe": ref_winobias}
     for name in names:
         t = time.perf_counter()
         refs[name] = fns[name](tmodel, tok, args.limit)

@@ -247,6 +247,31 @@ def load_model(
     return model, config
 
 
+POOLER_KEYS = ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
+
+
+def load_pooler(src: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """The pretrained pooler of a checkpoint as {"kernel": [hidden, hidden], "bias": [hidden]}
+    (ncjax layout: y = tanh(x @ kernel + bias)), or None when the checkpoint has none.
+
+    The masked LM ignores the pooler; sequence-classification heads start from it. ncjax
+    parameter checkpoints hold no pooler (None)."""
+    path = resolve_source(src)
+    _, weights = config_dir_and_weights(path)
+    if weights is None:
+        return None
+    named = {_normalise_key(k): v for k, v in read_weights(weights).items()}
+    found = [k for k in POOLER_KEYS if k in named]
+    if not found:
+        return None
+    if len(found) != len(POOLER_KEYS):
+        raise ValueError(f"{weights} has {found[0]} but not {set(POOLER_KEYS) - set(found)}; the pooler is incomplete.")
+    w, b = (np.asarray(named[k], np.float32) for k in POOLER_KEYS)
+    if w.ndim != 2 or w.shape[0] != w.shape[1] or b.shape != (w.shape[0],):
+        raise ValueError(f"{weights}: pooler shapes {w.shape} and {b.shape} are not [hidden, hidden] and [hidden].")
+    return {"kernel": _transpose(w), "bias": b}
+
+
 def load_tokenizer(src: str | os.PathLike):
     """A transformers fast BERT tokenizer from a model directory's tokenizer files or vocab.txt."""
     from transformers import AutoTokenizer, BertTokenizerFast

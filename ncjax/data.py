@@ -51,7 +51,7 @@ BUNDLED = {
     # BEC experiments fine-tune on.
     "gap_flipped": (("corpora/gap_flipped.tsv",), "tsv", "Text"),
     # The Wikipedia paragraphs of GAP (all three splits; Webster et al., 2018).
-    "gap": (("corpora/gap/gap-development.tsv", "corpora/gap/gap-validation.tsv", "corpora/gap/gap-test.tsv"),
+    "gap": (("gap/gap-development.tsv", "gap/gap-validation.tsv", "gap/gap-test.tsv"),
             "tsv", "Text"),
     # WikiText-2 validation and test (Merity et al., 2016; the train split is not bundled).
     "wikitext2": (("corpora/wikitext2/wiki.valid.tokens", "corpora/wikitext2/wiki.test.tokens"), "wikitext", "text"),

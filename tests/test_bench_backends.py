@@ -95,10 +95,10 @@ def tiny_scorers(tiny_bert_dir):
 
 def all_queries(data: Path, tok, becpro_length=None):
     """Every masked-LM query of the five benchmarks on the files in `data`, and SEAT sequences."""
-    q, _ = stereoset.build_queries(stereoset.load(data / bench.suite.STEREOSET_FILE), tok)
-    pairs = crows.load(data / bench.suite.CROWS_FILE)
+    q, _ = stereoset.build_queries(stereoset.load(data / bench.registry.data_file("stereoset")), tok)
+    pairs = crows.load(data / bench.registry.data_file("crows"))
     q += crows.build_queries(pairs, tok)[0] + crows.build_queries(pairs, tok, pll=True)[0]
-    rows = becpro.load(data / bench.suite.BECPRO_FILE)
+    rows = becpro.load(data / bench.registry.data_file("becpro"))
     length = becpro.padded_length(rows)
     rows = rows[:becpro_length]
     q += [x for pair in becpro.build_queries(rows, tok, length=length) for x in pair]
@@ -148,7 +148,7 @@ def test_evaluate_json_layout_and_backends_agree(tiny_bert_dir, tiny_scorers, ti
         assert json.loads(out.read_text()) == json.loads(json.dumps(res[b]))
     r = res["jax"]
     assert set(r) == {"model", "backend", "settings", "stereoset", "crows", "crows_pll", "seat", "becpro",
-                      "winobias", "seconds"}
+                      "winobias-probe", "seconds"}
     assert set(r["stereoset"]) == {"gender", "profession", "race", "religion", "overall"}
     assert set(r["stereoset"]["overall"]) == {"SS", "LMS", "ICAT", "count"} and r["stereoset"]["overall"]["count"] == 4
     assert set(r["crows"]) == {"gender", "race-color", "overall"} and r["crows"]["overall"]["n"] == 4
@@ -157,7 +157,7 @@ def test_evaluate_json_layout_and_backends_agree(tiny_bert_dir, tiny_scorers, ti
     assert set(r["seat"]["sent-weat6"]) == {"effect_size", "p_value"}
     assert set(r["becpro"]["mean_association"]) == {"male", "female"}
     assert set(r["becpro"]["gap"]) == {"male", "female", "balanced", "overall"}
-    assert set(r["winobias"]) == {"type1", "type2"} and set(r["winobias"]["type1"]) == {"pro_acc", "anti_acc", "gap"}
+    assert set(r["winobias-probe"]) == {"type1", "type2"} and set(r["winobias-probe"]["type1"]) == {"pro_acc", "anti_acc", "gap"}
     assert r["backend"] == "jax" and res["torch"]["backend"] == "torch"
 
     def close(a, b):
@@ -167,7 +167,7 @@ def test_evaluate_json_layout_and_backends_agree(tiny_bert_dir, tiny_scorers, ti
             return abs(a - b) <= 1e-4 * max(1.0, abs(a))
         return a == b
 
-    for key in ("stereoset", "crows", "crows_pll", "seat", "becpro", "winobias"):
+    for key in ("stereoset", "crows", "crows_pll", "seat", "becpro", "winobias-probe"):
         assert close(r[key], res["torch"][key]), key
 
 
@@ -180,15 +180,29 @@ def test_launch_writes_json_and_markdown(tiny_bert_dir, tiny_data, tmp_path, cap
     out = tmp_path / "res.json"
     rc = launch_evaluate.main(["--model", str(tiny_bert_dir), "--benchmarks", "crows,becpro", "--backend", "jax",
                                "--batch-size", "8", "--data-dir", str(tiny_data), "--output", str(out),
-                               "--markdown", "--quiet"])
+                               "--markdown", "--quiet", "--per-example", str(tmp_path / "ex.jsonl")])
     assert rc == 0
     res = json.loads(out.read_text())
+    # Per-example scores reproduce the summaries: BEC-Pro means, CrowS-Pairs' stereo wins.
+    ex = [json.loads(line) for line in (tmp_path / "ex.jsonl").read_text().splitlines()]
+    assert {e["benchmark"] for e in ex} == {"crows", "becpro"}
+    bec = [e for e in ex if e["benchmark"] == "becpro"]
+    assert len(bec) == res["becpro"]["count"]
+    for g, by_group in res["becpro"]["mean_association"].items():
+        for grp, mean in by_group.items():
+            vals = [e["association"] for e in bec if e["gender"] == g and e["group"] == grp]
+            assert (mean is None and not vals) or np.isclose(mean, np.mean(vals), rtol=0, atol=1e-12)
+    cr = [e for e in ex if e["benchmark"] == "crows" and e["score_more"] is not None]
+    assert len(cr) == res["crows"]["overall"]["n"]
+    wins = sum(e["score_more"] > e["score_less"] for e in cr)
+    assert np.isclose(res["crows"]["overall"]["metric"], 100.0 * wins / len(cr))
     assert list(res)[:3] == ["model", "backend", "settings"] and "stereoset" not in res
     assert res["settings"]["benchmarks"] == ["crows", "becpro"]
     table = capsys.readouterr().out
     assert "| CrowS-Pairs | overall |" in table and "| BEC-Pro | overall |" in table
     assert out.with_suffix(".md").read_text() == table
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex.jsonl", "res.json", "res.md"]
 
 
 @pytest.fixture(scope="module")
@@ -199,10 +213,10 @@ def minilm_scorers():
 def test_minilm_seeded_head_jax_and_torch_agree(minilm_scorers):
     tok = minilm_scorers["jax"].tokenizer
     data = bench.DATA_DIR
-    q, _ = stereoset.build_queries(stereoset.load(data / bench.suite.STEREOSET_FILE)[:3], tok)
-    pairs = crows.load(data / bench.suite.CROWS_FILE)[:3]
+    q, _ = stereoset.build_queries(stereoset.load(data / bench.registry.data_file("stereoset"))[:3], tok)
+    pairs = crows.load(data / bench.registry.data_file("crows"))[:3]
     q += crows.build_queries(pairs, tok)[0]
-    rows = becpro.load(data / bench.suite.BECPRO_FILE)
+    rows = becpro.load(data / bench.registry.data_file("becpro"))
     q += [x for pair in becpro.build_queries(rows[:3], tok, length=becpro.padded_length(rows)) for x in pair]
     q += winobias.build_queries(winobias.load(data / "winobias", "type1", "pro", ["test"])[:3], tok)
     texts = [x for k in seat.SETS for x in seat.load_test(data / "seat" / "sent-weat6.jsonl")[k][:2]]

@@ -27,9 +27,17 @@ def test_launch_reports_errors_in_one_line(tmp_path, capsys):
         import evaluate as launch_evaluate
     finally:
         sys.path.remove(str(ROOT / "launch"))
-    rc = launch_evaluate.main(["--model", "x", "--benchmarks", "winobias,seats", "--output", str(tmp_path / "r.json")])
+    rc = launch_evaluate.main(["--model", "x", "--benchmarks", "winobias-probe,seats", "--output", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: Unknown benchmark 'seats'") and err.count("\n") == 1
+    rc = launch_evaluate.main(["--model", "x", "--benchmarks", "winobias", "--output", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "now 'winobias-probe'" in err and "'coref'" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        launch_evaluate.parse_args(["--model", "x", "--output", "o.json", "--limit", "0"])
+    err = capsys.readouterr().err
+    assert "--limit '0' must be a positive whole number" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_data_file_names_the_path(tmp_path):

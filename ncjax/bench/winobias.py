@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax.bench.registry import Benchmark, Context, Option, comma_list, fmt
 from ncjax.bench.scorer import MaskedQuery, Progress, Scorer
 
 TYPES = ("type1", "type2")
@@ -113,14 +114,21 @@ def run(
     splits: Sequence[str] = ("test",),
     limit: int | None = None,
     progress: Progress | None = None,
+    records: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """pro_acc, anti_acc (percent) and gap per type; all files are scored in one batched pass."""
+    """pro_acc, anti_acc (percent) and gap per type; all files are scored in one batched pass.
+
+    records: when a list, gets one dict per sentence (type, stance, where, correct)."""
     for s in splits:
         if s not in SPLITS:
             raise ValueError(f"Unknown WinoBias split {s!r}; use dev, test or both.")
     groups = {(k, st): load(winobias_dir, k, st, splits)[:limit] for k in TYPES for st in STANCES}
     flat = [s for g in groups.values() for s in g]
     ok = correct(flat, scorer, progress)
+    if records is not None:
+        keys = [key for key, g in groups.items() for _ in g]
+        records += [{"type": k, "stance": st, "where": s.where, "correct": bool(c)}
+                    for (k, st), s, c in zip(keys, flat, ok)]
     out, start = {}, 0
     acc = {}
     for key, g in groups.items():
@@ -130,3 +138,20 @@ def run(
         pro, anti = acc[(k, "pro")], acc[(k, "anti")]
         out[k] = {"pro_acc": pro, "anti_acc": anti, "gap": None if pro is None or anti is None else pro - anti}
     return out
+
+
+def _run(ctx: Context) -> dict[str, Any]:
+    return ctx.scored("winobias-probe", run, ctx.data_path("winobias-probe"), ctx.scorer,
+                      splits=ctx.options["winobias_splits"])
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [("WinoBias (MLM probe)", kind, f"pro {fmt(r['pro_acc'])} · anti {fmt(r['anti_acc'])} · gap {fmt(r['gap'])}")
+            for kind, r in results.get("winobias-probe", {}).items()]
+
+
+BENCHMARK = Benchmark(
+    name="winobias-probe", title="WinoBias (MLM probe)", kind="mlm", data=("winobias",), run=_run, rows=_rows,
+    options=(Option("winobias_splits", ("test",), "WinoBias probe splits: dev, test or dev,test (default: test)",
+                    parse=comma_list),),
+)
