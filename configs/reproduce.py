@@ -47,8 +47,9 @@ def base() -> ml_collections.ConfigDict:
     c.notes = ""  # a paragraph for the top of the report (what was cut relative to the paper)
 
     c.evaluate = ml_collections.ConfigDict()
-    c.evaluate.benchmarks = "stereoset,crows,seat,becpro,winobias"
+    c.evaluate.benchmarks = "stereoset,crows,seat,becpro,winobias-probe"  # + glue, coref, bios (fine-tuning)
     c.evaluate.backend = "jax"
+    c.evaluate.seed = 0  # SEAT permutations (0 as bias-bench) and the fine-tuning benchmarks
     c.evaluate.batch_size = 64
     c.evaluate.limit = 0  # first N examples per file (0 = all); for smoke runs only
 
@@ -87,5 +88,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.notes = "The 2-layer test fixture: a check of the pipeline, not a result."
     elif variant == "minilm_quick":
         c.recipe.bec = "configs/bert_nc3.py:minilm"
-        c.evaluate.benchmarks = "stereoset,crows,seat,becpro,winobias"
+        c.evaluate.benchmarks = "stereoset,crows,seat,becpro,winobias-probe"
     return c

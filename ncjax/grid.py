@@ -231,8 +231,10 @@ def _evaluate(grid: Any, model_dir: str, init_missing_head: bool, out: Path, wor
 
     e = grid.evaluate
     names = split_list(e.benchmarks, "evaluate.benchmarks")
+    # fine-tuning benchmarks keep their resumable runs in the cell; the encoder is only read
     results = bench.evaluate(model_dir, names, backend=e.backend, batch_size=e.batch_size,
-                             limit=e.limit or None, init_missing_head=init_missing_head, progress=False)
+                             limit=e.limit or None, init_missing_head=init_missing_head, progress=False,
+                             workdir=workdir / "finetune", seed=e.seed)
     logs.write_json_atomic(out, results)
 
 

@@ -33,7 +33,7 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], float | None], ...] = (
     ("crows", "CrowS-Pairs (gender)", ("eval", "crows", "gender", "metric"), 50.0),
     ("becpro_gap", "BEC-Pro gap", ("eval", "becpro", "gap", "overall"), 0.0),
     ("seat", "SEAT mean |effect size|", ("eval", "seat", "avg_abs_effect_size"), 0.0),
-    ("winobias_probe_gap", "WinoBias probe gap (type 1)", ("eval", "winobias", "type1", "gap"), 0.0),
+    ("winobias_probe_gap", "WinoBias probe gap (type 1)", ("eval", "winobias-probe", "type1", "gap"), 0.0),
     ("tpr1", "WinoBias TPR-1", ("eval", "coref", "tpr1"), 0.0),
     ("tpr2", "WinoBias TPR-2", ("eval", "coref", "tpr2"), 0.0),
     ("bios_tpr_gap", "Bias-in-Bios TPR-GAP", ("eval", "bios", "tpr_gap"), 0.0),
@@ -177,8 +177,11 @@ def aggregate(workdir: str | Path, *, figures: bool = True) -> dict[str, Any]:
                     dist = lambda m: {s: None if x is None else abs(x - ideal) for s, x in m.items()}  # noqa: E731
                     eff["distance_to_ideal"] = paired_effect(dist(b), dist(t))
                 effects[r][key] = eff
+    requested = grid_lib.split_list(grid.evaluate.benchmarks, "evaluate.benchmarks")
+    skipped = sorted({b for c in found.values() for b in requested if c.get("eval") and b not in c["eval"]})
     report = {
         "workdir": str(workdir),
+        "benchmarks_skipped": skipped,
         "cells_expected": len(expected),
         "cells_complete": sorted(found),
         "cells_missing": [c.name for c in expected if c.name not in found],
@@ -218,6 +221,9 @@ def markdown(report: dict[str, Any], figures: list[str]) -> str:
     if report["notes"]:
         lines += [report["notes"], ""]
     lines += [f"Cells complete: {len(report['cells_complete'])} of {report['cells_expected']}.", ""]
+    if report.get("benchmarks_skipped"):
+        lines += [f"Benchmarks asked for but skipped for lack of data: {', '.join(report['benchmarks_skipped'])} "
+                  "(see the evaluation log of a cell for where to put the data).", ""]
     digits: Callable[[str], int] = lambda k: 3 if k.startswith(("nc", "unc", "seat", "becpro")) else 2  # noqa: E731
     lines.append("| row | " + " | ".join(label for _, label, _, _ in active) + " |")
     lines.append("|---|" + "---:|" * len(active))

@@ -24,7 +24,7 @@ from ncjax import grid, summary
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = {
-    "evaluate.benchmarks": "crows,winobias",
+    "evaluate.benchmarks": "crows,winobias-probe",
     "train_overrides": "train.num_steps=6;checkpoint.every_steps=3;log.tensorboard=false;"
                        "data.path=tests/fixtures/gender_lines.txt",
     "measure.class_sets": "gender-adept,all",
