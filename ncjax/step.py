@@ -85,12 +85,12 @@ def make_train_step(
     if len(set(names)) != len(names):
         raise ValueError(f"make_train_step: loss terms {names} repeat a name; each needs its own.")
 
-    def step_fn(state, batch):
+    def step_fn(state, batch, seed_value):
         step = state["step"]
         term_states = state.get("terms", {})
 
         def loss_fn(params):
-            ctx = terms_lib.Context(nnx.merge(graphdef, params), batch, step, seed=seed, dropout=dropout,
+            ctx = terms_lib.Context(nnx.merge(graphdef, params), batch, step, seed=seed_value, dropout=dropout,
                                     params=params, dropout_rng=dropout_rng)
             total = jnp.zeros((), jnp.float32)
             new_states, metrics = {}, {}
@@ -123,7 +123,24 @@ def make_train_step(
         return new_state, metrics
 
     batch_sharding = parallel.batch_sharded(mesh)
-    return jax.jit(step_fn, in_shardings=(rep, batch_sharding), out_shardings=(rep, rep), donate_argnums=(0,))
+    jitted = jax.jit(step_fn, in_shardings=(rep, batch_sharding, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+    # The seed is an argument, not a constant of the program: runs that differ only by seed (the
+    # seeds of an experiment grid) compile one program, which a persistent cache then shares.
+    seed_value = jax.make_array_from_callback((), rep, lambda idx: np.asarray(seed, np.int32))
+    return _Step(jitted, seed_value)
+
+
+class _Step:
+    """The jitted step with its seed bound: `step(state, batch)` and `step.lower(state, batch)`."""
+
+    def __init__(self, jitted: Callable, seed_value: jax.Array):
+        self._jitted, self._seed = jitted, seed_value
+
+    def __call__(self, state, batch):
+        return self._jitted(state, batch, self._seed)
+
+    def lower(self, state, batch):
+        return self._jitted.lower(state, batch, self._seed)
 
 
 def init_state(params: dict, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
