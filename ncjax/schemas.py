@@ -1,7 +1,7 @@
 """Batch schemas beyond single sequences: the ASE schema of pronoun-masked WinoBias sentences.
 
 A batch is always a dict of [global_batch, ...] arrays, so the sampler, resume and sharding
-treat every schema alike. The ASE schema (BERT-ASE, Park et al.; DESIGN of the released code):
+treat every schema alike. The ASE schema (BERT-ASE, Park et al.; as the released code builds it):
 
   input_ids      [N, L] int32  the sentence with its pronoun replaced by [MASK], encoded without
                                [CLS]/[SEP] and padded with the pad id to L (164 in the release)
