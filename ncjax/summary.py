@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ncjax import logs
+from ncjax import files, logs
 
 # key, label, where in a cell's results, ideal value (None: higher is better, e.g. accuracy)
 METRICS: tuple[tuple[str, str, tuple[str, ...], float | None], ...] = (
@@ -55,17 +55,6 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 def t975(df: int) -> float:
     """The 97.5 % quantile of Student's t with df degrees of freedom (table; 1.96 above 30)."""
     return _T975[df - 1] if df <= len(_T975) else 1.96
-
-
-def strict(obj: Any) -> Any:
-    """A copy of obj where every non-finite float is None, so it is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _dig(obj: Any, path: tuple[str, ...]) -> float | None:
@@ -193,7 +182,7 @@ def aggregate(workdir: str | Path, *, figures: bool = True) -> dict[str, Any]:
         "cells": {name: values[name] for name in sorted(values)},
         "notes": str(grid.get("notes", "")),
     }
-    report = strict(report)
+    report = files.finite(report)
     logs.write_json_atomic(workdir / "report.json", report)
     from ncjax import figures as figures_lib
 

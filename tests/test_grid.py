@@ -46,27 +46,9 @@ def _tiny_grid():
 
 
 @pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
+def cache_env(compilation_cache_env):
     """One persistent compilation cache for the in-process grid and the subprocess."""
-    import jax
-
-    try:
-        from jax._src.compilation_cache import reset_cache
-    except ImportError:  # pragma: no cover - a future JAX: the runs simply compile each time
-        def reset_cache():
-            return None
-
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {n: jax.config.values[n] for n in names}
-    for n, v in zip(names, (path, 0.0, 0)):
-        jax.config.update(n, v)
-    reset_cache()
-    yield {n.upper(): str(v) for n, v in zip(names, (path, 0, 0))}
-    for n, v in saved.items():
-        jax.config.update(n, v)
-    reset_cache()
+    return compilation_cache_env
 
 
 @pytest.fixture(scope="module")
@@ -215,4 +197,3 @@ def test_paired_effect_and_mean_std_by_hand():
     assert summary.mean_std([1.0, None, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2,
                                                   "values": [1.0, 3.0]}
     assert summary.mean_std([4.0])["std"] is None
-    assert summary.strict({"a": [float("nan"), 1.0], "b": float("inf")}) == {"a": [None, 1.0], "b": None}

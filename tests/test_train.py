@@ -53,28 +53,11 @@ def _write_corpus(path: Path, n: int = 96, seed: int = 0) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for this module: every run here compiles the same step
-    (same config and device count), so all but the first load it instead of recompiling.
-    Subprocesses get it through the environment."""
-    try:  # private, but the only way to re-read the setting once JAX has looked at it
-        from jax._src.compilation_cache import reset_cache
-    except ImportError:  # pragma: no cover - a future JAX: the runs simply compile each time
-        def reset_cache():
-            return None
-
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {n: jax.config.values[n] for n in names}
-    for n, v in zip(names, (path, 0.0, 0)):
-        jax.config.update(n, v)
-    reset_cache()  # the cache may have been checked (and found unset) by earlier tests
-    _CACHE_ENV.update({n.upper(): str(v) for n, v in zip(names, (path, 0, 0))})
-    yield path
-    for n, v in saved.items():
-        jax.config.update(n, v)
-    reset_cache()
+def compilation_cache(compilation_cache_env):
+    """Every run here compiles the same step (same config and device count): all but the first
+    load it from the module's persistent cache. Subprocesses get it through the environment."""
+    _CACHE_ENV.update(compilation_cache_env)
+    yield
     _CACHE_ENV.clear()
 
 
