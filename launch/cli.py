@@ -4,6 +4,8 @@ Ctrl-C turned into one line instead of a traceback."""
 from __future__ import annotations
 
 import atexit
+import logging
+import os
 import re
 import signal
 import sys
@@ -60,3 +62,13 @@ def exit_on_interrupt(message: str) -> None:
         raise SystemExit(130)
 
     signal.signal(signal.SIGINT, handler)
+
+
+def run_setup(argv: list[str]) -> None:
+    """The start of an absl main(): no positional arguments, INFO logging for the run's own lines
+    (orbax reports every save through absl at INFO, so absl is kept at WARNING), quiet tokenizers."""
+    if len(argv) > 1:
+        sys.exit(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

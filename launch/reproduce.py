@@ -41,11 +41,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        sys.exit(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli.run_setup(argv)
     workdir = Path(_WORKDIR.value)
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         # Every cell of a grid compiles the same few programs: a persistent cache in the grid

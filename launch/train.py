@@ -14,7 +14,6 @@ a checkpoint was saved), 1 on a bad input or a non-finite loss (one sentence on 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -35,12 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        sys.exit(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.getLogger().setLevel(logging.INFO)
-    # orbax reports every save step by step through absl at INFO; keep the run's own lines readable.
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli.run_setup(argv)
     from ncjax.train import train_and_evaluate
 
     try:
