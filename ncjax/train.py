@@ -247,7 +247,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     tx = step_lib.make_optimizer(config.optim, schedule)
     step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, terms=loss_terms,
                                        dropout=config.model.dropout)
-    state = step_lib.init_state(params, tx, mesh, loss_terms)
+    state = step_lib.init_state(params, tx, mesh, loss_terms, seed=config.seed)
     del params
     log.info("train state initialised (%d parameters)", sum(x.size for x in jax.tree.leaves(state["params"])))
 
