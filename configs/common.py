@@ -33,6 +33,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.dropout = True  # dropout as in the model config (off: deterministic forward)
     c.model.hidden_dropout = -1.0  # hidden dropout probability; negative = the checkpoint's config.json
     c.model.attention_dropout = -1.0  # attention dropout probability; negative = the checkpoint's
+    c.model.untie_decoder = False  # train a separate MLM decoder (a copy of the embeddings); export ties it back
 
     c.loss = ml_collections.ConfigDict()
     c.loss.terms = ("mlm", "nc3")  # modules of ncjax/terms; loss = sum of each term's weight * value

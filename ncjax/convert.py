@@ -57,6 +57,9 @@ def _transpose(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.T)
 
 
+_WORD_PATH = ("embeddings", "word", "embedding")
+
+
 def name_map(config: BertConfig) -> list[tuple[tuple[Any, ...], str, Callable, Callable]]:
     """Rows (ncjax state path, HF key, HF->ncjax hook, ncjax->HF hook) for every parameter."""
     rows: list[tuple[tuple[Any, ...], str, Callable, Callable]] = []
@@ -221,18 +224,21 @@ def load_model(
     dtype: Any = jnp.float32,
     remat: bool = False,
     overrides: dict[str, Any] | None = None,
+    untie_decoder: bool = False,
 ) -> tuple[BertForMaskedLM, BertConfig]:
     """Loads a BERT masked LM from a HF directory, weight file, ncjax checkpoint or hub id.
 
     With `init_missing_head`, an encoder-only checkpoint gets a fresh MLM head initialised as
     transformers does (normal(0.02) dense, unit LayerNorm, zero bias) from `seed`. `overrides`
-    replaces config fields that carry no weights (e.g. dropout probabilities)."""
+    replaces config fields that carry no weights (e.g. dropout probabilities). With
+    `untie_decoder`, the MLM head gets its own decoder matrix, a copy of the loaded word
+    embeddings (the checkpoint's tied decoder)."""
     path = resolve_source(src)
     directory, weights = config_dir_and_weights(path)
     config = load_config(directory)
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    model = BertForMaskedLM(config, rngs=nnx.Rngs(seed), dtype=dtype, remat=remat)
+    model = BertForMaskedLM(config, rngs=nnx.Rngs(seed), dtype=dtype, remat=remat, untie_decoder=untie_decoder)
     if weights is None:
         params = _read_ncjax_params(directory, model)
     else:
@@ -242,6 +248,8 @@ def load_model(
             init_missing_head=init_missing_head, fallback=fallback,
         )
     _set_params(model, params)
+    if untie_decoder:
+        model.head.decoder[...] = model.embeddings.word.embedding[...]
     return model, config
 
 
@@ -262,8 +270,15 @@ def load_tokenizer(src: str | os.PathLike):
 # ----------------------------------------------------------------------------- ncjax -> HF
 
 def params_to_hf(model: BertForMaskedLM) -> dict[str, np.ndarray]:
-    """{HF key: contiguous float32 numpy array} in the transformers-5 BertForMaskedLM layout."""
+    """{HF key: contiguous float32 numpy array} in the transformers-5 BertForMaskedLM layout.
+
+    An untied model is tied back the way MABEL's conversion did it: that script loads the
+    trained decoder into the tied head of a BertForMaskedLM, which overwrites the shared word
+    embeddings, so the decoder matrix is kept (as input embeddings and decoder alike) and the
+    separately trained input embeddings are dropped."""
     params = model_params(model)
+    if model.untied:
+        params[_WORD_PATH] = params[("head", "decoder")]
     return {hf: np.ascontiguousarray(to_hf(params[path]), np.float32)
             for path, hf, _, to_hf in name_map(model.config)}
 

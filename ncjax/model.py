@@ -208,12 +208,14 @@ class Layer(nnx.Module):
 
 class MLMHead(nnx.Module):
     """The prediction-head transform (dense, activation, LayerNorm) and the decoder bias.
-    The decoder weight is the word-embedding matrix (tied), applied through `Embed.attend`."""
+    The decoder weight is the word-embedding matrix (tied), applied through `Embed.attend`,
+    unless `decoder` ([vocab, hidden]) is given: then the head owns that separate matrix."""
 
-    def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs, decoder: Array | None = None):
         self.dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, dtype, rngs)
         self.norm = _LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype)
         self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
+        self.decoder = None if decoder is None else nnx.Param(jnp.asarray(decoder, jnp.float32))
         self.act = cfg.hidden_act
 
     def transform(self, h: Array) -> Array:
@@ -230,17 +232,31 @@ class BertForMaskedLM(nnx.Module):
         rngs: nnx.Rngs,
         dtype: Any = jnp.float32,
         remat: bool = False,
+        untie_decoder: bool = False,
     ):
         self.config = config
         self.dtype = dtype
         self.remat = remat
         self.embeddings = Embeddings(config, dtype, rngs)
         self.layers = nnx.List([Layer(config, dtype, rngs) for _ in range(config.num_hidden_layers)])
-        self.head = MLMHead(config, dtype, rngs)
+        # Untied (MABEL trains so): the decoder starts as a copy of the word embeddings and then
+        # moves on its own; `convert.load_model` copies the loaded embeddings into it.
+        decoder = self.embeddings.word.embedding[...] if untie_decoder else None
+        self.head = MLMHead(config, dtype, rngs, decoder=decoder)
+
+    @property
+    def untied(self) -> bool:
+        """Whether the MLM head has its own decoder matrix."""
+        return self.head.decoder is not None
 
     def word_embeddings(self) -> Array:
-        """W: [vocab, hidden] float32, the word embeddings and tied decoder weight."""
+        """W: [vocab, hidden] float32, the input word embeddings (the tied decoder weight)."""
         return self.embeddings.word.embedding[...]
+
+    def decoder_weight(self) -> Array:
+        """[vocab, hidden] float32: the matrix the MLM logits multiply (the untied decoder when
+        the model has one, the word embeddings otherwise); NC3's W[c] are its rows."""
+        return self.head.decoder[...] if self.untied else self.word_embeddings()
 
     def mlm_transform(self, h: Array) -> Array:
         """[..., hidden] last-layer features -> [..., hidden] decoder input."""
@@ -248,7 +264,10 @@ class BertForMaskedLM(nnx.Module):
 
     def decode(self, h: Array) -> Array:
         """[..., hidden] decoder input -> [..., vocab] float32 logits (h W^T + bias)."""
-        logits = self.embeddings.word.attend(h.astype(self.dtype))
+        if self.untied:
+            logits = jnp.dot(h.astype(self.dtype), self.head.decoder[...].astype(self.dtype).T)
+        else:
+            logits = self.embeddings.word.attend(h.astype(self.dtype))
         return logits.astype(jnp.float32) + self.head.bias[...]
 
     def encode(

@@ -230,6 +230,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     model, model_config = convert.load_model(
         model_src, init_missing_head=config.model.init_missing_head, seed=config.seed,
         dtype=_DTYPES[config.model.dtype], remat=config.model.remat, overrides=_model_overrides(config.model),
+        untie_decoder=config.model.untie_decoder,
     )
     if config.model.head_source:
         _replace_head(model, config.model.head_source, model_config)

@@ -14,6 +14,69 @@ from flax import nnx
 from ncjax import convert, data, pairs, parallel
 from ncjax import step as step_lib
 
+# ----------------------------------------------------------------------------- untied decoder
+
+
+@pytest.mark.torch
+def test_untied_decoder_trains_its_own_rows_and_exports_tied_back(tiny_bert_dir, tmp_path):
+    import torch
+    from transformers import BertForMaskedLM as TorchBert
+
+    model, config = convert.load_model(tiny_bert_dir, untie_decoder=True)
+    emb = np.asarray(model.word_embeddings())
+    np.testing.assert_array_equal(np.asarray(model.head.decoder[...]), emb)  # initialised from the tied head
+    rng = np.random.default_rng(2)
+    decoder = emb + 0.1 * rng.normal(size=emb.shape).astype(np.float32)
+    model.head.decoder[...] = jnp.asarray(decoder)
+    model.embeddings.word.embedding[...] = jnp.asarray(0.5 * emb)
+    ids = jnp.asarray([[2, 7, 9, 11, 3, 0]], jnp.int32)
+    out = model(ids, (ids > 0).astype(jnp.int32))
+    want = np.asarray(out.mlm_hidden) @ decoder.T + np.asarray(model.head.bias[...])
+    np.testing.assert_allclose(np.asarray(out.logits), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(model.decoder_weight()), decoder)
+
+    export = convert.save_hf(model, config, tmp_path / "hf", tokenizer_src=tiny_bert_dir)
+    hf, info = TorchBert.from_pretrained(str(export), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    # MABEL's convert_to_hf.py loads the trained decoder into the tied head: it becomes both.
+    np.testing.assert_array_equal(hf.bert.embeddings.word_embeddings.weight.detach().numpy(), decoder)
+    np.testing.assert_array_equal(hf.cls.predictions.decoder.weight.detach().numpy(), decoder)
+    back, _ = convert.load_model(export)
+    with torch.no_grad():
+        torch_logits = hf.eval()(input_ids=torch.tensor(np.asarray(ids)),
+                                 attention_mask=torch.tensor(np.asarray(ids > 0))).logits.numpy()
+    np.testing.assert_allclose(np.asarray(back(ids, (ids > 0).astype(jnp.int32)).logits), torch_logits,
+                               rtol=1e-4, atol=1e-4)
+    again, _ = convert.load_model(export, untie_decoder=True)
+    np.testing.assert_array_equal(np.asarray(again.head.decoder[...]), decoder)
+
+
+def test_nc3_reads_the_untied_decoder_rows(tiny_bert_dir):
+    """With an untied decoder, R's W[c] are decoder rows: its gradient reaches the class
+    rows of the decoder and no other (the input embeddings get theirs through the features only)."""
+    from ncjax import terms
+    from ncjax.terms import mlm, nc3
+
+    tok = convert.load_tokenizer(tiny_bert_dir)
+    model, config = convert.load_model(tiny_bert_dir, untie_decoder=True)
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    class_ids = np.asarray([tok.convert_tokens_to_ids(w) for w in ("he", "she", "his", "her")], np.int32)
+    spec = mlm.MaskSpec((0, 1, 2, 3), int(tok.mask_token_id), config.vocab_size, 0.15, 4)
+    term = nc3.NC3(nc3.PenaltySpec(alpha=1.0), spec, class_ids, config.hidden_size)
+    texts = ["he was good and she was happy", "his mother and her father", "the king was sad"]
+    batch = {k: jnp.asarray(v) for k, v in data.tokenize(texts, tok, 12).items()}
+
+    def value(p):
+        ctx = terms.Context(nnx.merge(graphdef, p), batch, jnp.int32(0), seed=0, dropout=False, params=p)
+        return term(ctx, term.init_state())[0]
+
+    grad = np.asarray(jax.grad(value)(params)["head"]["decoder"])
+    touched = np.flatnonzero(np.abs(grad).sum(1))
+    # only class rows (a class absent from this batch's inputs has no mean, hence no gradient)
+    assert len(touched) >= 3 and set(touched) <= set(class_ids.tolist()), touched
+
+
 # ----------------------------------------------------------------------------- term parameters
 
 
