@@ -42,7 +42,7 @@ def base() -> ml_collections.ConfigDict:
     c.mlm.weight = 1.0  # weight of the masked-LM term (0: off)
 
     c.data = ml_collections.ConfigDict()
-    c.data.schema = "sequences"  # batch layout: 'sequences' (one text per row) or 'ase' (ncjax/schemas.py)
+    c.data.schema = "sequences"  # batch layout: 'sequences' (one text per row), 'ase' or 'mabel' (four views)
     c.data.neutral_words = "bundled:ase_neutral"  # ase schema: the neutral words the orthogonality term reads
     c.data.path = "bundled:gap_flipped"  # bundled:NAME, a tsv/csv/jsonl/text file, or a hub dataset
     c.data.format = ""  # '' = from the suffix (hub for a name that is not a file); tsv|csv|jsonl|text|hub

@@ -121,3 +121,83 @@ def test_term_parameters_are_seeded_updated_with_the_model_and_not_exported(tiny
         convert.params_to_hf(model))  # the export holds the masked LM alone
 
 
+# ----------------------------------------------------------------------------- the schema
+
+
+SWAPS = [("he", "she"), ("his", "her"), ("man", "woman")]
+
+
+def test_augment_swaps_gender_words_and_drops_pairs_without_one():
+    got = pairs.augment([("He ran.", "A man ran."), ("It rained.", "Water fell."), ("Rain.", "Her cat.")], SWAPS, "x")
+    assert got == [("He ran.", "A man ran.", "She ran.", "A woman ran."),
+                   ("Rain.", "Her cat.", "Rain.", "His cat.")]
+    with pytest.raises(ValueError) as info:
+        pairs.augment([("It rained.", "Water fell.")], SWAPS, "data.path f.csv")
+    assert str(info.value) == ("data.path f.csv has no pair with a gender word (of bias-bench's gender attribute "
+                               "pairs) to swap; the Mabel schema needs pairs about people with a gender.")
+
+
+def test_bundled_glue_pairs_are_rte_entailments_and_mrpc_paraphrases_with_a_gender_word():
+    raw = pairs.glue_pairs()
+    assert len(raw) == 1249 + 2753  # RTE train 'entailment', MSR paraphrase train quality 1
+    views = pairs.examples(_data_config("bundled:glue_pairs"), None)
+    swaps = data.attribute_pairs("gender")
+    assert len(views) == 1356
+    assert all(a != o or b != h for o, h, a, b in views)
+    assert views == pairs.augment(raw, swaps, "bundled")
+
+
+def _data_config(path, max_length=16):
+    import ml_collections
+
+    return ml_collections.ConfigDict({"path": str(path), "split": "train", "max_length": max_length,
+                                      "schema": "mabel"})
+
+
+def test_mabel_csv_is_read_as_four_views_and_encoded_n_4_l(tiny_bert_dir, tmp_path):
+    tok = convert.load_tokenizer(tiny_bert_dir)
+    f = tmp_path / "entailment_data.csv"
+    f.write_text("orig_sent0,orig_sent1,aug_sent0,aug_sent1\nhe was good,he was happy,she was good,she was happy\n"
+                 "the king,the man,the queen,the woman\n")
+    views = pairs.examples(_data_config(f), tmp_path)
+    assert views == [("he was good", "he was happy", "she was good", "she was happy"),
+                     ("the king", "the man", "the queen", "the woman")]
+    arrays = pairs.load(_data_config(f, 8), tok, tmp_path)
+    assert arrays["input_ids"].shape == arrays["attention_mask"].shape == (2, 4, 8)
+    flat = data.tokenize([v for e in views for v in e], tok, 8)
+    np.testing.assert_array_equal(arrays["input_ids"].reshape(8, 8), flat["input_ids"])
+    assert arrays["input_ids"][0, 2, 1] == tok.convert_tokens_to_ids("she")
+
+
+def test_a_csv_without_mabels_columns_stops_in_one_sentence(tmp_path):
+    f = tmp_path / "pairs.csv"
+    f.write_text("premise,hypothesis\nhe ran,he moved\n")
+    with pytest.raises(ValueError) as info:
+        pairs.examples(_data_config(f), tmp_path)
+    assert str(info.value) == (f"data.path {f} has columns premise, hypothesis, but the Mabel schema needs "
+                               "orig_sent0, orig_sent1, aug_sent0, aug_sent1 (MABEL's entailment_data.csv), or at "
+                               "least orig_sent0 and orig_sent1 to augment.")
+
+
+def test_pairs_without_a_gender_word_stop_in_one_sentence(tmp_path):
+    f = tmp_path / "pairs.csv"
+    f.write_text("orig_sent0,orig_sent1\nit rained,water fell\nthe dog ran,an animal moved\n")
+    with pytest.raises(ValueError) as info:
+        pairs.examples(_data_config(f), tmp_path)
+    assert str(info.value) == (f"data.path {f} has no pair with a gender word (of bias-bench's gender attribute "
+                               "pairs) to swap; the Mabel schema needs pairs about people with a gender.")
+    f.write_text("orig_sent0,orig_sent1\nit rained,water fell\nhe ran,a man moved\n")  # augmented, filtered
+    assert pairs.examples(_data_config(f), tmp_path) == [("he ran", "a man moved", "she ran", "a woman moved")]
+
+
+def test_schema_checks_the_mabel_source_before_reading(tmp_path):
+    from ncjax import schemas
+
+    with pytest.raises(FileNotFoundError, match=r"^data.path .*nope.csv does not exist; point data.path at "
+                                                r"MABEL's entailment_data.csv"):
+        schemas.check(_data_config(tmp_path / "nope.csv"))
+    with pytest.raises(ValueError, match=r"^data.path 'bundled:snli' names no bundled pair corpus of the Mabel "
+                                         r"schema; use bundled:glue_pairs\.$"):
+        schemas.check(_data_config("bundled:snli"))
+    with pytest.raises(ValueError, match=r"^config data.max_length=2 must be at least 3 for the Mabel schema\.$"):
+        schemas.check(_data_config("bundled:glue_pairs", max_length=2))
