@@ -82,6 +82,13 @@ def base() -> ml_collections.ConfigDict:
     c.ewc.fisher = "released"  # 'released' (gradients accumulated across lines) or 'textbook'
     c.ewc.lines = "bundled:winobias_type1_test"  # or 'PRO_FILE,ANTI_FILE' in WinoBias format
 
+    c.contrastive = ml_collections.ConfigDict()
+    c.contrastive.weight = 1.0  # Mabel's InfoNCE over premise -> hypothesis on its [CLS] head
+    c.contrastive.temperature = 0.05  # cosine / temperature (also the alignment term's similarity)
+
+    c.alignment = ml_collections.ConfigDict()
+    c.alignment.weight = 0.05  # Mabel's align_temp: weight of the alignment loss
+
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 2e-5
     c.optim.end_learning_rate = 0.0  # linear decay to this over the run

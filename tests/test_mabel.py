@@ -13,6 +13,67 @@ from flax import nnx
 
 from ncjax import convert, data, pairs, parallel
 from ncjax import step as step_lib
+from ncjax.terms import alignment, contrastive
+
+# ----------------------------------------------------------------------------- the losses
+
+
+def _torch_mabel(op, oh, ap, ah, head, temp):
+    """MABEL's cl_forward on given [CLS] states: MLPLayer, Similarity(temp), CrossEntropyLoss on
+    cat(orig, aug) premise -> hypothesis, align_loss_fct(x, y) = (x - y).norm(p=2, dim=1) ** 2 mean."""
+    import torch
+
+    dense1, dense2 = torch.nn.Linear(*head["dense1"]["kernel"].shape), torch.nn.Linear(*head["dense2"]["kernel"].shape)
+    with torch.no_grad():
+        for layer, name in ((dense1, "dense1"), (dense2, "dense2")):
+            layer.weight.copy_(torch.tensor(np.asarray(head[name]["kernel"]).T))
+            layer.bias.copy_(torch.tensor(np.asarray(head[name]["bias"])))
+    mlp = lambda x: dense2(torch.tanh(dense1(x)))  # noqa: E731
+    cos = torch.nn.CosineSimilarity(dim=-1)
+    sim = lambda x, y: cos(x.unsqueeze(1), y.unsqueeze(0)) / temp  # noqa: E731
+    inputs = [torch.tensor(np.asarray(x), requires_grad=True) for x in (op, oh, ap, ah)]
+    zop, zoh, zap, zah = (mlp(x) for x in inputs)
+    s = sim(torch.cat((zop, zap)), torch.cat((zoh, zah)))
+    c_loss = torch.nn.CrossEntropyLoss()(s, torch.arange(s.size(0)))
+    a_loss = (sim(zop, zoh) - sim(zap, zah)).norm(p=2, dim=1).pow(2).mean()
+    total = c_loss + 0.05 * a_loss
+    total.backward()
+    grads = {"inputs": [x.grad.numpy() for x in inputs],
+             "dense1": dense1.weight.grad.numpy().T, "dense2": dense2.weight.grad.numpy().T}
+    return c_loss.item(), a_loss.item(), grads
+
+
+@pytest.mark.torch
+def test_info_nce_and_alignment_match_the_released_torch_formulas():
+    rng = np.random.default_rng(0)
+    b, h = 5, 8
+    views = [rng.normal(size=(b, h)).astype(np.float32) for _ in range(4)]
+    views[3] = views[1] + 0.1 * rng.normal(size=(b, h)).astype(np.float32)  # a near-duplicate view
+    head = contrastive.init_head(jax.random.PRNGKey(0), h, 0.5)
+    c_want, a_want, g_want = _torch_mabel(*views, head, 0.05)
+
+    def total(head, *v):
+        z = [contrastive.pool(head, x) for x in v]
+        c, a = contrastive.info_nce(*z, 0.05), alignment.alignment(*z, 0.05)
+        return c + 0.05 * a, (c, a)
+
+    (_, (c, a)), grads = jax.value_and_grad(total, argnums=(0, 1, 2, 3, 4), has_aux=True)(
+        head, *map(jnp.asarray, views))
+    np.testing.assert_allclose(float(c), c_want, rtol=1e-5)
+    np.testing.assert_allclose(float(a), a_want, rtol=1e-4)
+    assert a_want > 1.0  # the 1/0.05 scale on both similarity matrices: 400x the raw-cosine value
+    for got, want in zip(grads[1:], g_want["inputs"]):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-5)
+    for name in ("dense1", "dense2"):
+        np.testing.assert_allclose(np.asarray(grads[0][name]["kernel"]), g_want[name], rtol=1e-3, atol=1e-5)
+
+
+def test_alignment_gradient_is_finite_when_the_views_agree():
+    """d * d, not norm(d) ** 2: identical original and augmented views give loss 0, gradient 0."""
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 4)), jnp.float32)
+    value, grad = jax.value_and_grad(alignment.alignment)(x, x + 1.0, x, x + 1.0, 0.05)
+    assert float(value) == 0.0 and np.all(np.asarray(grad) == 0.0)
+
 
 # ----------------------------------------------------------------------------- untied decoder
 

@@ -88,7 +88,7 @@ def test_every_variant_builds_and_passes_the_checks(name):
     c = module.get_config()
     c.loss.terms = ("mlm", "nc4")
     with pytest.raises(ValueError, match=r"^config loss.terms names 'nc4', which is no module of ncjax/terms; "
-                                         r"use one of ewc, mlm, nc3, orthogonal\.$"):
+                                         r"use one of alignment, contrastive, ewc, mlm, nc3, orthogonal\.$"):
         check_config(c)
 
 
