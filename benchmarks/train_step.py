@@ -16,12 +16,20 @@ drives them in alternating rounds and times every step):
   ncjax_mlm    the same with the MLM term only (what the penalty costs).
   baseline     (with --baseline REF) the MLM + NC3 step of `git show REF:ncjax/step.py`, the step
                before it became a sum of loss terms: the same work, to show the seam costs nothing.
+  mabel_torch  a PyTorch re-implementation of the released Mabel + NC3 step on batch x 4 views:
+               the four views unmasked through `BertModel` with MABEL's MLPLayer on [CLS], InfoNCE
+               (cos / 0.05) + 0.05 * alignment, the MLM loss on a separate masked forward of all
+               4B sequences with an untied decoder (15 %, 80/10/10 on the host), the released NC3
+               on that forward with the decoder's rows, loss = InfoNCE + 0.05 align + 0.1 MLM +
+               10 * NC3, backward, clipping 1.0, AdamW (lr 5e-5, eps 1e-8), linear schedule.
+  mabel_ncjax  `ncjax.step.make_train_step` with the configs/mabel_nc3.py terms on the same views.
 
 All sides use the same random bert-base-shaped weights (12 layers, hidden 768, vocab 30522),
 the same batch, and the 271 GN-GloVe first-piece gender ids of the bert-base-uncased vocabulary.
 
     python benchmarks/train_step.py --baseline main           # bert-base, batch 16 x 128
     python benchmarks/train_step.py --layers 2 --rounds 2 --steps-per-round 2   # smoke run
+    python benchmarks/train_step.py --sides mabel_torch,mabel_ncjax --batch 4 --length 64   # Mabel
 """
 
 from __future__ import annotations
@@ -39,15 +47,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SIDES = ("torch", "ncjax", "ncjax_mlm", "baseline")
+SIDES = ("torch", "ncjax", "ncjax_mlm", "baseline", "mabel_torch", "mabel_ncjax")
+MABEL_SIDES = ("mabel_torch", "mabel_ncjax")
 TOTAL_STEPS = 2465  # the paper recipe: 3 epochs of GAP-flipped at batch 16 (sets the lr schedule)
 
 
 # ----------------------------------------------------------------------------- shared inputs
 
 
-def _inputs(args):
-    """(BertConfig, graphdef, host params, gender ids, tokenizer, host batch), equal in every worker."""
+def _inputs(args, views: int = 0):
+    """(BertConfig, model, graphdef, host params, gender ids, tokenizer, host batch), equal in
+    every worker. views > 0: a Mabel batch [batch, views, length] and a model with an untied
+    decoder (a copy of the word embeddings)."""
     import jax
     import numpy as np
     from flax import nnx
@@ -58,28 +69,30 @@ def _inputs(args):
     tokenizer = convert.load_tokenizer(convert.minilm_dir())  # the bert-base-uncased vocabulary
     class_ids = np.asarray(words.resolve(words.bundled("gender-gnglove"), tokenizer, "first_piece").ids, np.int32)
     cfg = BertConfig(num_hidden_layers=args.layers)
-    model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0))
+    model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0), untie_decoder=views > 0)
     graphdef, state = nnx.split(model)
     params = jax.device_get(nnx.to_pure_dict(state))
     rng = np.random.default_rng(0)
-    ids = rng.integers(1000, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
+    ids = rng.integers(1000, cfg.vocab_size, (args.batch * max(views, 1), args.length)).astype(np.int32)
     # every sequence carries gender words so the penalty has classes from the first step
     ids[:, 1:-1:7] = rng.choice(class_ids, size=ids[:, 1:-1:7].shape)
     ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if views:
+        ids = ids.reshape(args.batch, views, args.length)
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     return cfg, model, graphdef, params, class_ids, tokenizer, batch
 
 
-def _recipe():
-    from configs import bert_nc3
+def _recipe(mabel: bool = False):
+    from configs import bert_nc3, mabel_nc3
 
-    return bert_nc3.get_config()
+    return mabel_nc3.get_config() if mabel else bert_nc3.get_config()
 
 
 # ----------------------------------------------------------------------------- sides
 
 
-def _ncjax_side(args, alpha: float, baseline_ref: str | None = None):
+def _ncjax_side(args, alpha: float, baseline_ref: str | None = None, mabel: bool = False):
     """A closure running one ncjax step (blocking) and returning its metrics."""
     import importlib.util
 
@@ -89,8 +102,8 @@ def _ncjax_side(args, alpha: float, baseline_ref: str | None = None):
     from ncjax import step as step_lib
     from ncjax import terms as terms_lib
 
-    cfg, _, graphdef, params, class_ids, tokenizer, batch = _inputs(args)
-    config = _recipe()
+    cfg, _, graphdef, params, class_ids, tokenizer, batch = _inputs(args, views=4 if mabel else 0)
+    config = _recipe(mabel)
     config.penalty.alpha = alpha
     mesh = parallel.make_mesh(1)
     schedule = step_lib.make_schedule(config.optim, TOTAL_STEPS)
@@ -115,7 +128,7 @@ def _ncjax_side(args, alpha: float, baseline_ref: str | None = None):
                                 fields=tuple(batch), workdir=Path(tempfile.mkdtemp()), is_main=False)
         loss_terms = terms_lib.build(config, setup)
         step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=42, terms=loss_terms)
-        state = step_lib.init_state(params, tx, mesh, loss_terms)
+        state = step_lib.init_state(params, tx, mesh, loss_terms, seed=42)
     global_batch = parallel.global_batch(batch, mesh)
     holder = {"state": state}
 
@@ -133,64 +146,136 @@ def _ncjax_side(args, alpha: float, baseline_ref: str | None = None):
     return run
 
 
-def _torch_side(args, alpha: float = 100.0):
+def _torch_masking(ids, mask, special, mask_id: int, vocab: int):
+    """The reference's host-side dynamic masking (15 %, 80/10/10) -> (inputs, labels)."""
+    import torch
+
+    inputs, labels = ids.clone(), ids.clone()
+    prob = torch.full(labels.shape, 0.15)
+    prob[torch.isin(labels, special) | (mask == 0)] = 0.0
+    chosen = torch.bernoulli(prob).bool()
+    labels[~chosen] = -100
+    replace = torch.bernoulli(torch.full(labels.shape, 0.8)).bool() & chosen
+    inputs[replace] = mask_id
+    rand = torch.bernoulli(torch.full(labels.shape, 0.5)).bool() & chosen & ~replace
+    inputs[rand] = torch.randint(vocab, labels.shape)[rand]
+    return inputs, labels
+
+
+def _torch_nc3(hidden, inputs, mask, counts, totals, gender, decoder, eps: float):
+    """The released NC3: last layer at t paired with input id t + 1, full-vocabulary one-hot
+    totals accumulated in `counts`/`totals`, unbiased std of cos(W[c], mu_c - mu_G)."""
+    import torch
+
+    vocab = counts.shape[0]
+    h = hidden.detach() * mask[..., None]
+    keep = mask[:, 1:].bool()
+    x, y = h[:, :-1][keep], inputs[:, 1:][keep]
+    onehot = torch.nn.functional.one_hot(y, vocab).float()  # tokens x vocabulary
+    counts.add_(onehot.sum(0))
+    totals.add_(onehot.T @ x)
+    have = gender[counts[gender] > 0]
+    means = totals[have] / (counts[have][:, None] + eps)
+    centred = means - means.mean(0)
+    w = decoder[have]
+    sims = torch.sum(centred / (centred.norm(dim=1, keepdim=True) + eps) * (w / (w.norm(dim=1, keepdim=True) + eps)), 1)
+    return sims.std()
+
+
+def _torch_setup(args, views: int, lr: float):
+    """(transformers BertForMaskedLM with the ncjax weights, extra modules, ids, mask, special ids,
+    gender ids, NC3 counts and totals, optimizer, scheduler, tokenizer) for one torch side."""
     import numpy as np
     import torch
     import transformers
 
     from ncjax import convert, masking
 
-    cfg, model, _, _, class_ids, tokenizer, batch = _inputs(args)
+    cfg, model, _, _, class_ids, tokenizer, batch = _inputs(args, views)
     hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"})
     torch_model = transformers.BertForMaskedLM(hf_cfg)
     sd = {k: torch.from_numpy(np.array(v)) for k, v in convert.params_to_hf(model).items()}
     torch_model.load_state_dict(sd, strict=False)
     torch_model.tie_weights()
+    extra = torch.nn.ModuleDict()
+    if views:
+        # MABEL's lm_head: a decoder of its own, initialised from the tied one
+        decoder = torch.nn.Parameter(torch_model.cls.predictions.decoder.weight.detach().clone())
+        torch_model.cls.predictions.decoder.weight = decoder
+        extra["dense1"] = torch.nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        extra["dense2"] = torch.nn.Linear(cfg.hidden_size, cfg.hidden_size)
     vocab = torch_model.config.vocab_size
-    ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
-    mask = torch.from_numpy(batch["attention_mask"].astype(np.int64))
+    ids = torch.from_numpy(batch["input_ids"].astype(np.int64).reshape(-1, args.length))
+    mask = torch.from_numpy(batch["attention_mask"].astype(np.int64).reshape(-1, args.length))
     special = torch.tensor(sorted(set(masking.special_token_ids(tokenizer))))
     gender = torch.tensor(class_ids.astype(np.int64))
     counts = torch.zeros(vocab)
     totals = torch.zeros(vocab, torch_model.config.hidden_size)
-    optimizer = torch.optim.AdamW(torch_model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
+    parameters = list(torch_model.parameters()) + list(extra.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=lr, eps=1e-8, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, (TOTAL_STEPS - s) / TOTAL_STEPS))
-    eps = float(np.finfo(np.float32).eps)
     torch_model.train()
+    extra.train()
+    return torch_model, extra, parameters, ids, mask, special, gender, counts, totals, optimizer, scheduler, tokenizer
+
+
+def _torch_side(args, alpha: float = 100.0):
+    import numpy as np
+    import torch
+
+    (torch_model, _, parameters, ids, mask, special, gender, counts, totals, optimizer, scheduler,
+     tokenizer) = _torch_setup(args, 0, 2e-5)
+    vocab = torch_model.config.vocab_size
+    eps = float(np.finfo(np.float32).eps)
 
     def run():
-        # host-side dynamic masking, as the reference's mask_tokens
-        inputs, labels = ids.clone(), ids.clone()
-        prob = torch.full(labels.shape, 0.15)
-        prob[torch.isin(labels, special) | (mask == 0)] = 0.0
-        chosen = torch.bernoulli(prob).bool()
-        labels[~chosen] = -100
-        replace = torch.bernoulli(torch.full(labels.shape, 0.8)).bool() & chosen
-        inputs[replace] = tokenizer.mask_token_id
-        rand = torch.bernoulli(torch.full(labels.shape, 0.5)).bool() & chosen & ~replace
-        inputs[rand] = torch.randint(vocab, labels.shape)[rand]
-
+        inputs, labels = _torch_masking(ids, mask, special, tokenizer.mask_token_id, vocab)
         optimizer.zero_grad(set_to_none=True)
         out = torch_model(input_ids=inputs, attention_mask=mask, labels=labels, output_hidden_states=True)
-        # the released NC3: last layer at t paired with input id t + 1, full-vocabulary one-hot totals
-        h = out.hidden_states[-1].detach() * mask[..., None]
-        keep = mask[:, 1:].bool()
-        x, y = h[:, :-1][keep], inputs[:, 1:][keep]
-        onehot = torch.nn.functional.one_hot(y, vocab).float()  # tokens x vocabulary
-        counts.add_(onehot.sum(0))
-        totals.add_(onehot.T @ x)
-        have = gender[counts[gender] > 0]
-        means = totals[have] / (counts[have][:, None] + eps)
-        centred = means - means.mean(0)
-        w = torch_model.cls.predictions.decoder.weight[have]
-        sims = torch.sum(centred / (centred.norm(dim=1, keepdim=True) + eps) * (w / (w.norm(dim=1, keepdim=True) + eps)), 1)
-        nc3 = sims.std()
+        nc3 = _torch_nc3(out.hidden_states[-1], inputs, mask, counts, totals, gender,
+                         torch_model.cls.predictions.decoder.weight, eps)
         loss = out.loss + alpha * nc3
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         scheduler.step()
         return {"loss": float(loss.detach()), "loss/mlm": float(out.loss.detach()), "loss/nc3": float(nc3.detach())}
+
+    return run
+
+
+def _mabel_torch_side(args):
+    """The released Mabel + NC3 step (module docstring), 4 views per example."""
+    import numpy as np
+    import torch
+
+    (torch_model, head, parameters, ids, mask, special, gender, counts, totals, optimizer, scheduler,
+     tokenizer) = _torch_setup(args, 4, 5e-5)
+    vocab = torch_model.config.vocab_size
+    eps = float(np.finfo(np.float32).eps)
+    cos = torch.nn.CosineSimilarity(dim=-1)
+    sim = lambda x, y: cos(x.unsqueeze(1), y.unsqueeze(0)) / 0.05  # noqa: E731
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        cls = torch_model.bert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+        z = head["dense2"](torch.tanh(head["dense1"](cls))).view(args.batch, 4, -1)
+        op, oh, ap, ah = z[:, 0], z[:, 1], z[:, 2], z[:, 3]
+        s = sim(torch.cat((op, ap)), torch.cat((oh, ah)))
+        c_loss = torch.nn.functional.cross_entropy(s, torch.arange(s.size(0)))
+        a_loss = (sim(op, oh) - sim(ap, ah)).norm(p=2, dim=1).pow(2).mean()
+        inputs, labels = _torch_masking(ids, mask, special, tokenizer.mask_token_id, vocab)
+        out = torch_model(input_ids=inputs, attention_mask=mask, labels=labels, output_hidden_states=True)
+        nc3 = _torch_nc3(out.hidden_states[-1], inputs, mask, counts, totals, gender,
+                         torch_model.cls.predictions.decoder.weight, eps)
+        loss = c_loss + 0.05 * a_loss + 0.1 * out.loss + 10.0 * nc3
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        return {"loss": float(loss.detach()), "loss/contrastive": float(c_loss.detach()),
+                "loss/alignment": float(a_loss.detach()), "loss/mlm": float(out.loss.detach()),
+                "loss/nc3": float(nc3.detach())}
 
     return run
 
@@ -204,6 +289,10 @@ def _make_side(name: str, args):
         return _ncjax_side(args, 0.0)
     if name == "baseline":
         return _ncjax_side(args, 100.0, baseline_ref=args.baseline)
+    if name == "mabel_torch":
+        return _mabel_torch_side(args)
+    if name == "mabel_ncjax":
+        return _ncjax_side(args, 10.0, mabel=True)
     raise ValueError(f"unknown side {name!r}")
 
 
@@ -260,7 +349,8 @@ def main() -> None:
             print(f"{name}: {c['flops']:.6g} flops, {c['bytes accessed']:.6g} bytes accessed per step")
         return
 
-    sides = [s for s in (args.sides.split(",") if args.sides else SIDES) if s != "baseline" or args.baseline]
+    default = [s for s in SIDES if s not in MABEL_SIDES]
+    sides = [s for s in (args.sides.split(",") if args.sides else default) if s != "baseline" or args.baseline]
     passthrough = ["--batch", str(args.batch), "--length", str(args.length), "--layers", str(args.layers),
                    "--baseline", args.baseline]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -290,25 +380,29 @@ def main() -> None:
     import torch
     import transformers
 
-    tokens = args.batch * args.length
+    tokens = args.batch * args.length  # x 4 views on the Mabel sides
     print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"versions: jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, Python {platform.python_version()}")
-    print(f"shape: layers={args.layers} hidden=768 vocab=30522 batch={args.batch}x{args.length} float32, dropout 0.1; "
+    print(f"shape: layers={args.layers} hidden=768 vocab=30522 batch={args.batch}x{args.length} "
+          f"{'(x 4 views on the Mabel sides) ' if set(sides) & set(MABEL_SIDES) else ''}float32, dropout 0.1; "
           f"{args.rounds} rounds x {args.steps_per_round} timed steps per side, each side in its own process; "
           f"whole run {time.perf_counter() - t0:.0f} s")
     for name in sides:
         m = last[name]
         print(f"last step {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k.startswith("loss")))
     ref = _median_spread(times["torch"])[0] if "torch" in times else None
-    print("| side | first step (s, incl. compile) | median s/step | IQR | min-max | tokens/s | vs torch |")
+    mabel_ref = _median_spread(times["mabel_torch"])[0] if "mabel_torch" in times else None
+    print("| side | first step (s, incl. compile) | median s/step | IQR | min-max | tokens/s | vs its torch side |")
     print("|---|---|---|---|---|---|---|")
     for name in sides:
         med, q1, q3, lo, hi = _median_spread(times[name])
-        ratio = f"{ref / med:.2f}x" if ref else "-"
+        base = mabel_ref if name in MABEL_SIDES else ref
+        ratio = f"{base / med:.2f}x" if base else "-"
+        n_tokens = tokens * (4 if name in MABEL_SIDES else 1)
         print(f"| {name} | {start[name]['first_step_s']:.1f} | {med:.3f} | {q1:.3f}-{q3:.3f} | {lo:.3f}-{hi:.3f} | "
-              f"{tokens / med:,.0f} | {ratio} |")
+              f"{n_tokens / med:,.0f} | {ratio} |")
     if "ncjax" in times and "baseline" in times:
         new, old = _median_spread(times["ncjax"])[0], _median_spread(times["baseline"])[0]
         print(f"loss-term step vs {args.baseline}'s step (MLM + NC3): {100 * (new / old - 1):+.1f} % time per step")
