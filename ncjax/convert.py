@@ -238,7 +238,7 @@ def load_model(
     config = load_config(directory)
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    model = BertForMaskedLM(config, rngs=nnx.Rngs(seed), dtype=dtype, remat=remat, untie_decoder=untie_decoder)
+    model = BertForMaskedLM(config, rngs=nnx.Rngs(seed), dtype=dtype, remat=remat)
     if weights is None:
         params = _read_ncjax_params(directory, model)
     else:
@@ -248,8 +248,8 @@ def load_model(
             init_missing_head=init_missing_head, fallback=fallback,
         )
     _set_params(model, params)
-    if untie_decoder:
-        model.head.decoder[...] = model.embeddings.word.embedding[...]
+    if untie_decoder:  # after loading: checkpoints hold the tied layout
+        model.untie()
     return model, config
 
 

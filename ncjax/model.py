@@ -209,13 +209,13 @@ class Layer(nnx.Module):
 class MLMHead(nnx.Module):
     """The prediction-head transform (dense, activation, LayerNorm) and the decoder bias.
     The decoder weight is the word-embedding matrix (tied), applied through `Embed.attend`,
-    unless `decoder` ([vocab, hidden]) is given: then the head owns that separate matrix."""
+    unless `decoder` ([vocab, hidden], set by `BertForMaskedLM.untie`) holds a separate one."""
 
-    def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs, decoder: Array | None = None):
+    def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs):
         self.dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, dtype, rngs)
         self.norm = _LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype)
         self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
-        self.decoder = None if decoder is None else nnx.Param(jnp.asarray(decoder, jnp.float32))
+        self.decoder: nnx.Param | None = None
         self.act = cfg.hidden_act
 
     def transform(self, h: Array) -> Array:
@@ -239,10 +239,15 @@ class BertForMaskedLM(nnx.Module):
         self.remat = remat
         self.embeddings = Embeddings(config, dtype, rngs)
         self.layers = nnx.List([Layer(config, dtype, rngs) for _ in range(config.num_hidden_layers)])
-        # Untied (MABEL trains so): the decoder starts as a copy of the word embeddings and then
-        # moves on its own; `convert.load_model` copies the loaded embeddings into it.
-        decoder = self.embeddings.word.embedding[...] if untie_decoder else None
-        self.head = MLMHead(config, dtype, rngs, decoder=decoder)
+        self.head = MLMHead(config, dtype, rngs)
+        if untie_decoder:
+            self.untie()
+
+    def untie(self) -> None:
+        """Gives the MLM head its own decoder matrix, a copy of the current word embeddings,
+        which then trains on its own (MABEL trains so)."""
+        # nnx.data: the attribute was None (static) until now
+        self.head.decoder = nnx.data(nnx.Param(jnp.array(self.embeddings.word.embedding[...])))
 
     @property
     def untied(self) -> bool:
