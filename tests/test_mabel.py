@@ -138,6 +138,15 @@ def test_nc3_reads_the_untied_decoder_rows(tiny_bert_dir):
     assert len(touched) >= 3 and set(touched) <= set(class_ids.tolist()), touched
 
 
+def test_untying_after_loading_an_ncjax_checkpoint(tiny_bert_dir, tmp_path):
+    """Checkpoints hold the tied layout; untie_decoder copies the loaded embeddings afterwards."""
+    model, config = convert.load_model(tiny_bert_dir)
+    convert.save_ncjax(model, config, tmp_path / "ck", tokenizer_src=tiny_bert_dir)
+    untied, _ = convert.load_model(tmp_path / "ck", untie_decoder=True)
+    assert untied.untied and not model.untied
+    np.testing.assert_array_equal(np.asarray(untied.head.decoder[...]), np.asarray(model.word_embeddings()))
+
+
 # ----------------------------------------------------------------------------- term parameters
 
 
@@ -263,11 +272,3 @@ def test_schema_checks_the_mabel_source_before_reading(tmp_path):
     with pytest.raises(ValueError, match=r"^config data.max_length=2 must be at least 3 for the Mabel schema\.$"):
         schemas.check(_data_config("bundled:glue_pairs", max_length=2))
 
-
-def test_untying_after_loading_an_ncjax_checkpoint(tiny_bert_dir, tmp_path):
-    """Checkpoints hold the tied layout; untie_decoder copies the loaded embeddings afterwards."""
-    model, config = convert.load_model(tiny_bert_dir)
-    convert.save_ncjax(model, config, tmp_path / "ck", tokenizer_src=tiny_bert_dir)
-    untied, _ = convert.load_model(tmp_path / "ck", untie_decoder=True)
-    assert untied.untied and not model.untied
-    np.testing.assert_array_equal(np.asarray(untied.head.decoder[...]), np.asarray(model.word_embeddings()))
