@@ -18,6 +18,14 @@ ncjax: `ncjax.step.make_train_step` with the `configs/bert_nc3.py` recipe (maski
 logits at the masked positions only, NC3 `reference` mode over K class slots, one jitted step with
 the state donated).
 
+Mabel (`--sides mabel_torch,mabel_ncjax`, batch x 4 views): a PyTorch re-implementation of the
+released Mabel + NC3 step (the four views unmasked through the encoder with MABEL's MLP on [CLS],
+InfoNCE with cos / 0.05 + 0.05 x alignment, MLM on a separate masked forward of all 4B sequences
+with an untied decoder, the released NC3 on that forward; 0.1 MLM + 10 NC3; AdamW lr 5e-5) against
+ncjax's `configs/mabel_nc3.py` terms on the same views (the model FLOPs column counts the MLM
+forward only). `ncjax_previous` runs the MLM + NC3 step of `--baseline REF` (the single step before
+the loss terms): the same work, so the ratio is the loss-term seam's cost.
+
 Both sides use the same random weights (ncjax's copied into the PyTorch model) and the 271
 GN-GloVe first-piece gender ids of the bert-base-uncased vocabulary (from the MiniLM package).
 Each side runs in its own process (XLA's and PyTorch's thread pools disturb each other inside one
@@ -31,6 +39,7 @@ bf16 autocast with SDPA attention and ncjax with bf16 compute.
     python benchmarks/train_step.py                                   # bert-base, batch 16 x 128
     python benchmarks/train_step.py --layers 6 --hidden 384 --length 64   # MiniLM shape, 16 x 64
     python benchmarks/train_step.py --device cuda --dtype bfloat16 --batch 64   # GPU
+    python benchmarks/train_step.py --sides mabel_torch,mabel_ncjax --layers 4 --batch 4 --length 64   # Mabel
     python benchmarks/train_step.py --sides ncjax,ncjax_previous --baseline 7654a73   # the loss-term
         step against the single MLM + NC3 step it replaced (same work; the seam's cost)
 """
@@ -58,7 +67,8 @@ from ncjax.model import BertConfig, BertForMaskedLM  # noqa: E402
 
 ALPHA = 100.0
 TOTAL_STEPS = 2465  # the paper recipe: 3 epochs of GAP-flipped at batch 16
-SIDES = ("torch_reference", "torch_matched", "torch_compiled", "ncjax", "ncjax_mlm", "ncjax_previous")
+SIDES = ("torch_reference", "torch_matched", "torch_compiled", "ncjax", "ncjax_mlm", "ncjax_previous",
+         "mabel_torch", "mabel_ncjax")
 LABELS = {
     "torch_reference": "PyTorch paper reference: all-position logits + released NC3 (vocab one-hot)",
     "torch_matched": "PyTorch like for like: masked-position head + K-slot NC3",
@@ -66,13 +76,15 @@ LABELS = {
     "ncjax": "ncjax: masked-position head + NC3 reference mode",
     "ncjax_mlm": "ncjax: MLM only (alpha 0)",
     "ncjax_previous": "ncjax: the MLM + NC3 step of --baseline REF (before loss terms)",
+    "mabel_torch": "PyTorch re-implementation of the released Mabel + NC3 step (4 views)",
+    "mabel_ncjax": "ncjax: configs/mabel_nc3.py terms (contrastive + alignment + MLM + NC3)",
 }
 
 
-def _config():
+def _config(recipe: str = "bert_nc3"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bert_nc3", Path(__file__).resolve().parents[1] / "configs" / "bert_nc3.py")
+    spec = importlib.util.spec_from_file_location(recipe, REPO / "configs" / f"{recipe}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
@@ -82,16 +94,18 @@ def _config():
 # Each builder returns run(): one train step, finished on the device, returning its metrics.
 
 
-def _ncjax_step(cfg, graphdef, params, class_ids, tokenizer, batch, alpha, dtype, baseline_ref=None):
-    """ncjax's step with the bert_nc3 recipe's terms; with `baseline_ref`, the MLM + NC3 step of
-    `git show REF:ncjax/step.py` instead (the step before it became a sum of loss terms)."""
+def _ncjax_step(cfg, graphdef, params, class_ids, tokenizer, batch, alpha, dtype, baseline_ref=None,
+                recipe="bert_nc3"):
+    """ncjax's step with the recipe's terms (bert_nc3, or mabel_nc3 on a [B, 4, L] batch); with
+    `baseline_ref`, the MLM + NC3 step of `git show REF:ncjax/step.py` instead (the step before it
+    became a sum of loss terms)."""
     import importlib.util
     import subprocess
     import tempfile
 
     from ncjax import terms as terms_lib
 
-    config = _config()
+    config = _config(recipe)
     config.penalty.alpha = alpha
     mesh = parallel.make_mesh(1)
     schedule = step.make_schedule(config.optim, TOTAL_STEPS)
@@ -118,7 +132,7 @@ def _ncjax_step(cfg, graphdef, params, class_ids, tokenizer, batch, alpha, dtype
                                 fields=tuple(batch), workdir=Path(tempfile.mkdtemp()), is_main=False)
         loss_terms = terms_lib.build(config, setup)
         step_fn = step.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=42, terms=loss_terms, dropout=True)
-        state = step.init_state(params, tx, mesh, loss_terms)
+        state = step.init_state(params, tx, mesh, loss_terms, seed=42)
         names = {"loss": "loss", "mlm": "loss/mlm", "nc3": "loss/nc3"}
     holder = {"state": state}
     global_batch = parallel.global_batch(batch, mesh)
@@ -139,6 +153,44 @@ def _torch_optimizer(torch_model):
     return optimizer, scheduler
 
 
+def _reference_masking(ids, mask, special, mask_id: int, vocab: int):
+    """The reference's dynamic masking (15 %, 80/10/10, as its mask_tokens) -> (inputs, labels)."""
+    import torch
+
+    device = ids.device
+    inputs, labels = ids.clone(), ids.clone()
+    prob = torch.full(labels.shape, 0.15, device=device)
+    prob[torch.isin(labels, special) | (mask == 0)] = 0.0
+    chosen = torch.bernoulli(prob).bool()
+    labels[~chosen] = -100
+    replace = torch.bernoulli(torch.full(labels.shape, 0.8, device=device)).bool() & chosen
+    inputs[replace] = mask_id
+    rand = torch.bernoulli(torch.full(labels.shape, 0.5, device=device)).bool() & chosen & ~replace
+    inputs[rand] = torch.randint(vocab, labels.shape, device=device)[rand]
+    return inputs, labels
+
+
+def _reference_nc3(hidden, inputs, mask, counts, totals, gender, decoder):
+    """The released NC3: last layer at t paired with input id t + 1, full-vocabulary one-hot
+    totals accumulated in counts/totals, unbiased std of cos(W[c], mu_c - mu_G) over the gender
+    ids present (W = `decoder`)."""
+    import torch
+
+    eps = float(np.finfo(np.float32).eps)
+    h = hidden.detach().float() * mask[..., None]
+    keep = mask[:, 1:].bool()
+    x, y = h[:, :-1][keep], inputs[:, 1:][keep]
+    onehot = torch.nn.functional.one_hot(y, counts.shape[0]).float()  # tokens x vocabulary
+    counts.add_(onehot.sum(0))
+    totals.add_(onehot.T @ x)
+    have = gender[counts[gender] > 0]
+    means = totals[have] / (counts[have][:, None] + eps)
+    centred = means - means.mean(0)
+    w = decoder[have]
+    sims = torch.sum(centred / (centred.norm(dim=1, keepdim=True) + eps) * (w / (w.norm(dim=1, keepdim=True) + eps)), 1)
+    return sims.std()
+
+
 def _torch_reference_step(torch_model, class_ids, tokenizer, batch, device, autocast):
     """The paper's released step (see the module docstring)."""
     import torch
@@ -151,40 +203,70 @@ def _torch_reference_step(torch_model, class_ids, tokenizer, batch, device, auto
     counts = torch.zeros(vocab, device=device)
     totals = torch.zeros(vocab, torch_model.config.hidden_size, device=device)
     optimizer, scheduler = _torch_optimizer(torch_model)
-    eps = float(np.finfo(np.float32).eps)
     torch_model.train()
 
     def run():
-        # dynamic masking, as the reference's mask_tokens
-        inputs, labels = ids.clone(), ids.clone()
-        prob = torch.full(labels.shape, 0.15, device=device)
-        prob[torch.isin(labels, special) | (mask == 0)] = 0.0
-        chosen = torch.bernoulli(prob).bool()
-        labels[~chosen] = -100
-        replace = torch.bernoulli(torch.full(labels.shape, 0.8, device=device)).bool() & chosen
-        inputs[replace] = tokenizer.mask_token_id
-        rand = torch.bernoulli(torch.full(labels.shape, 0.5, device=device)).bool() & chosen & ~replace
-        inputs[rand] = torch.randint(vocab, labels.shape, device=device)[rand]
-
+        inputs, labels = _reference_masking(ids, mask, special, tokenizer.mask_token_id, vocab)
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             out = torch_model(input_ids=inputs, attention_mask=mask, labels=labels, output_hidden_states=True)
-        # the released NC3: last layer at t paired with input id t + 1, full-vocabulary one-hot totals
-        h = out.hidden_states[-1].detach().float() * mask[..., None]
-        keep = mask[:, 1:].bool()
-        x, y = h[:, :-1][keep], inputs[:, 1:][keep]
-        onehot = torch.nn.functional.one_hot(y, vocab).float()  # tokens x vocabulary
-        counts.add_(onehot.sum(0))
-        totals.add_(onehot.T @ x)
-        have = gender[counts[gender] > 0]
-        means = totals[have] / (counts[have][:, None] + eps)
-        centred = means - means.mean(0)
-        w = torch_model.cls.predictions.decoder.weight[have]
-        sims = torch.sum(centred / (centred.norm(dim=1, keepdim=True) + eps) * (w / (w.norm(dim=1, keepdim=True) + eps)), 1)
-        nc3 = sims.std()
+        nc3 = _reference_nc3(out.hidden_states[-1], inputs, mask, counts, totals, gender,
+                             torch_model.cls.predictions.decoder.weight)
         loss = out.loss + ALPHA * nc3
         loss.backward()
         torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        return {"loss": float(loss.detach()), "mlm": float(out.loss.detach()), "nc3": float(nc3.detach())}
+
+    return run
+
+
+def _torch_mabel_step(torch_model, class_ids, tokenizer, batch, device, autocast, views: int):
+    """A PyTorch re-implementation of the released Mabel + NC3 step (module docstring): the four
+    views unmasked through the encoder with MABEL's MLP on [CLS], InfoNCE (cos / 0.05) + 0.05 x
+    alignment, MLM on a separate masked forward of all 4B sequences with an untied decoder, the
+    released NC3 on that forward with the decoder's rows; 0.1 MLM + 10 NC3; AdamW lr 5e-5."""
+    import torch
+
+    hidden, vocab = torch_model.config.hidden_size, torch_model.config.vocab_size
+    # MABEL's lm_head: a decoder of its own, initialised from the tied one
+    torch_model.cls.predictions.decoder.weight = torch.nn.Parameter(
+        torch_model.cls.predictions.decoder.weight.detach().clone())
+    head = torch.nn.ModuleDict({"dense1": torch.nn.Linear(hidden, hidden), "dense2": torch.nn.Linear(hidden, hidden)})
+    head.to(device)
+    length = batch["input_ids"].shape[-1]
+    ids = torch.from_numpy(batch["input_ids"].astype(np.int64).reshape(-1, length)).to(device)
+    mask = torch.from_numpy(batch["attention_mask"].astype(np.int64).reshape(-1, length)).to(device)
+    b = ids.shape[0] // views
+    special = torch.tensor(sorted(set(masking.special_token_ids(tokenizer))), device=device)
+    gender = torch.tensor(class_ids.astype(np.int64), device=device)
+    counts = torch.zeros(vocab, device=device)
+    totals = torch.zeros(vocab, hidden, device=device)
+    parameters = list(torch_model.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=5e-5, eps=1e-8, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, (TOTAL_STEPS - s) / TOTAL_STEPS))
+    cos = torch.nn.CosineSimilarity(dim=-1)
+    sim = lambda x, y: cos(x.unsqueeze(1), y.unsqueeze(0)) / 0.05  # noqa: E731
+    torch_model.train()
+    head.train()
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            cls = torch_model.bert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+            z = head["dense2"](torch.tanh(head["dense1"](cls))).float().view(b, views, -1)
+            op, oh, ap, ah = z[:, 0], z[:, 1], z[:, 2], z[:, 3]
+            s = sim(torch.cat((op, ap)), torch.cat((oh, ah)))
+            c_loss = torch.nn.functional.cross_entropy(s, torch.arange(s.size(0), device=device))
+            a_loss = (sim(op, oh) - sim(ap, ah)).norm(p=2, dim=1).pow(2).mean()
+            inputs, labels = _reference_masking(ids, mask, special, tokenizer.mask_token_id, vocab)
+            out = torch_model(input_ids=inputs, attention_mask=mask, labels=labels, output_hidden_states=True)
+        nc3 = _reference_nc3(out.hidden_states[-1], inputs, mask, counts, totals, gender,
+                             torch_model.cls.predictions.decoder.weight)
+        loss = c_loss + 0.05 * a_loss + 0.1 * out.loss + 10.0 * nc3
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         scheduler.step()
         return {"loss": float(loss.detach()), "mlm": float(out.loss.detach()), "nc3": float(nc3.detach())}
@@ -268,12 +350,15 @@ def _model_config(args) -> BertConfig:
                       intermediate_size=4 * args.hidden, attention_probs_dropout_prob=args.attention_dropout)
 
 
-def _inputs(args, cfg, tokenizer, class_ids):
+def _inputs(args, cfg, tokenizer, class_ids, views: int = 0):
+    """The shared batch: [batch, length], or [batch, views, length] for the Mabel sides."""
     rng = np.random.default_rng(0)
-    ids = rng.integers(1000, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
+    ids = rng.integers(1000, cfg.vocab_size, (args.batch * max(views, 1), args.length)).astype(np.int32)
     # every sequence carries gender words so the penalty has classes from the first step
     ids[:, 1:-1:7] = rng.choice(class_ids, size=ids[:, 1:-1:7].shape)
     ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if views:
+        ids = ids.reshape(args.batch, views, args.length)
     return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
 
@@ -284,15 +369,17 @@ def _build(side: str, args):
     tokenizer = convert.load_tokenizer(convert.minilm_dir())  # the bert-base-uncased vocabulary
     class_ids = np.asarray(words.resolve(words.bundled("gender-gnglove"), tokenizer, "first_piece").ids, np.int32)
     cfg = _model_config(args)
-    batch = _inputs(args, cfg, tokenizer, class_ids)
+    mabel = side.startswith("mabel")
+    batch = _inputs(args, cfg, tokenizer, class_ids, views=4 if mabel else 0)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0), dtype=dtype)
-    if side.startswith("ncjax"):
-        graphdef, state = nnx.split(model)
+    if side in ("ncjax", "ncjax_mlm", "ncjax_previous", "mabel_ncjax"):
+        graphdef, state = nnx.split(BertForMaskedLM(cfg, rngs=nnx.Rngs(0), dtype=dtype, untie_decoder=mabel))
         params = jax.device_get(nnx.to_pure_dict(state))
-        alpha = 0.0 if side == "ncjax_mlm" else ALPHA
+        alpha = 0.0 if side == "ncjax_mlm" else 10.0 if mabel else ALPHA
         return _ncjax_step(cfg, graphdef, params, class_ids, tokenizer, batch, alpha, dtype,
-                           baseline_ref=args.baseline if side == "ncjax_previous" else None)
+                           baseline_ref=args.baseline if side == "ncjax_previous" else None,
+                           recipe="mabel_nc3" if mabel else "bert_nc3")
 
     import contextlib
 
@@ -314,6 +401,8 @@ def _build(side: str, args):
         autocast = contextlib.nullcontext
     if side == "torch_reference":
         return _torch_reference_step(torch_model, class_ids, tokenizer, batch, device, autocast)
+    if side == "mabel_torch":
+        return _torch_mabel_step(torch_model, class_ids, tokenizer, batch, device, autocast, views=4)
     return _torch_matched_step(torch_model, class_ids, tokenizer, batch, device, autocast, side == "torch_compiled")
 
 
@@ -419,6 +508,10 @@ def _report(results: dict, args) -> None:
         matched = f"{med['torch_matched'] / t:.2f}x" if "torch_matched" in med else "-"
         print(f"| {LABELS[s]} | {t:.3f} ({min(ts):.3f}-{max(ts):.3f}) | {tokens / t:,.0f} | "
               f"{'-' if s == 'torch_reference' else f'{tflops:.3f}{mfu}'} | {ref} | {matched} |")
+    for fast, slow, what in (("mabel_ncjax", "mabel_torch", "Mabel + NC3 step"),
+                             ("ncjax", "ncjax_previous", "loss-term step vs the previous single step")):
+        if fast in med and slow in med:
+            print(f"{what}: {med[slow] / med[fast]:.2f}x ({LABELS[fast]} / {LABELS[slow]}, median s/step)")
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.dropout_rng = "auto"  # dropout PRNG: 'auto' (rbg on GPU/TPU, threefry on CPU), threefry2x32, rbg, unsafe_rbg
     c.model.scan_layers = False  # run the layers as one lax.scan (compiles one layer instead of all)
     c.model.remat_policy = "nothing"  # with remat: what a layer keeps for the backward pass (nothing, dots, dots_no_batch)
+    c.model.untie_decoder = False  # train a separate MLM decoder (a copy of the embeddings); export ties it back
 
     c.loss = ml_collections.ConfigDict()
     c.loss.terms = ("mlm", "nc3")  # modules of ncjax/terms; loss = sum of each term's weight * value
@@ -46,7 +47,7 @@ def base() -> ml_collections.ConfigDict:
     c.mlm.weight = 1.0  # weight of the masked-LM term (0: off)
 
     c.data = ml_collections.ConfigDict()
-    c.data.schema = "sequences"  # batch layout: 'sequences' (one text per row) or 'ase' (ncjax/schemas.py)
+    c.data.schema = "sequences"  # batch layout: 'sequences' (one text per row), 'ase' or 'mabel' (four views)
     c.data.neutral_words = "bundled:ase_neutral"  # ase schema: the neutral words the orthogonality term reads
     c.data.path = "bundled:gap_flipped"  # bundled:NAME, a tsv/csv/jsonl/text file, or a hub dataset
     c.data.format = ""  # '' = from the suffix (hub for a name that is not a file); tsv|csv|jsonl|text|hub
@@ -85,6 +86,13 @@ def base() -> ml_collections.ConfigDict:
     c.ewc.weight = 0.5  # ASE's importance: weight * sum F (theta - theta*)^2
     c.ewc.fisher = "released"  # 'released' (gradients accumulated across lines) or 'textbook'
     c.ewc.lines = "bundled:winobias_type1_test"  # or 'PRO_FILE,ANTI_FILE' in WinoBias format
+
+    c.contrastive = ml_collections.ConfigDict()
+    c.contrastive.weight = 1.0  # Mabel's InfoNCE over premise -> hypothesis on its [CLS] head
+    c.contrastive.temperature = 0.05  # cosine / temperature (also the alignment term's similarity)
+
+    c.alignment = ml_collections.ConfigDict()
+    c.alignment.weight = 0.05  # Mabel's align_temp: weight of the alignment loss
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 2e-5

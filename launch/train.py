@@ -2,7 +2,7 @@ r"""Train a BERT masked LM with a debiasing recipe and the NC3 regulariser.
 
     python launch/train.py --config configs/RECIPE.py[:variant] --workdir DIR [--config.a.b=value ...]
 
-RECIPE is one of bert_nc3, mlm_nc3, ase_nc3, cda_nc3, dropout_nc3 (each file's docstring gives
+RECIPE is one of bert_nc3, mlm_nc3, ase_nc3, cda_nc3, dropout_nc3, mabel_nc3 (each file's docstring gives
 its source, variants and launch command).
 
 Every config field can be overridden on the command line (--config.penalty.alpha=10); an unknown

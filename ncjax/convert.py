@@ -57,6 +57,9 @@ def _transpose(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.T)
 
 
+_WORD_PATH = ("embeddings", "word", "embedding")
+
+
 def name_map(config: BertConfig) -> list[tuple[tuple[Any, ...], str, Callable, Callable]]:
     """Rows (ncjax state path, HF key, HF->ncjax hook, ncjax->HF hook) for every parameter."""
     rows: list[tuple[tuple[Any, ...], str, Callable, Callable]] = []
@@ -221,6 +224,7 @@ def load_model(
     dtype: Any = jnp.float32,
     remat: bool = False,
     overrides: dict[str, Any] | None = None,
+    untie_decoder: bool = False,
     **options: Any,
 ) -> tuple[BertForMaskedLM, BertConfig]:
     """Loads a BERT masked LM from a HF directory, weight file, ncjax checkpoint or hub id.
@@ -228,7 +232,9 @@ def load_model(
     With `init_missing_head`, an encoder-only checkpoint gets a fresh MLM head initialised as
     transformers does (normal(0.02) dense, unit LayerNorm, zero bias) from `seed`. `overrides`
     replaces config fields that carry no weights (e.g. dropout probabilities); `options`
-    (attention, attention_impl, scan_layers, remat_policy) go to `BertForMaskedLM`."""
+    (attention, attention_impl, scan_layers, remat_policy) go to `BertForMaskedLM`. With
+    `untie_decoder`, the MLM head gets its own decoder matrix, a copy of the loaded word
+    embeddings (the checkpoint's tied decoder)."""
     path = resolve_source(src)
     directory, weights = config_dir_and_weights(path)
     config = load_config(directory)
@@ -244,6 +250,8 @@ def load_model(
             init_missing_head=init_missing_head, fallback=fallback,
         )
     _set_params(model, params)
+    if untie_decoder:  # after loading: checkpoints hold the tied layout
+        model.untie()
     return model, config
 
 
@@ -289,8 +297,15 @@ def load_tokenizer(src: str | os.PathLike):
 # ----------------------------------------------------------------------------- ncjax -> HF
 
 def params_to_hf(model: BertForMaskedLM) -> dict[str, np.ndarray]:
-    """{HF key: contiguous float32 numpy array} in the transformers-5 BertForMaskedLM layout."""
+    """{HF key: contiguous float32 numpy array} in the transformers-5 BertForMaskedLM layout.
+
+    An untied model is tied back the way MABEL's conversion did it: that script loads the
+    trained decoder into the tied head of a BertForMaskedLM, which overwrites the shared word
+    embeddings, so the decoder matrix is kept (as input embeddings and decoder alike) and the
+    separately trained input embeddings are dropped."""
     params = model_params(model)
+    if model.untied:
+        params[_WORD_PATH] = params[("head", "decoder")]
     return {hf: np.ascontiguousarray(to_hf(params[path]), np.float32)
             for path, hf, _, to_hf in name_map(model.config)}
 

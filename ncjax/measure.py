@@ -169,7 +169,7 @@ def measure(
         raise ValueError(f"no token of the class set {classes!r} occurs in the corpus; use a corpus that contains them.")
     k = subset.ids.size
     table = penalty.make_slot_table(subset.ids, config.vocab_size)
-    class_w = model.word_embeddings()[jnp.asarray(subset.ids)]
+    class_w = model.decoder_weight()[jnp.asarray(subset.ids)]
     graphdef, state = nnx.split(model)
     static = {"graphdef": graphdef, "features": features}
     if mesh is not None:

@@ -246,12 +246,14 @@ class Layer(nnx.Module):
 
 class MLMHead(nnx.Module):
     """The prediction-head transform (dense, activation, LayerNorm) and the decoder bias.
-    The decoder weight is the word-embedding matrix (tied), applied in `BertForMaskedLM.decode`."""
+    The decoder weight is the word-embedding matrix (tied), applied in `BertForMaskedLM.decode`,
+    unless `decoder` ([vocab, hidden], set by `BertForMaskedLM.untie`) holds a separate one."""
 
     def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs):
         self.dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, dtype, rngs)
         self.norm = _LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype)
         self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
+        self.decoder: nnx.Param | None = None
         self.act = cfg.hidden_act
 
     def transform(self, h: Array) -> Array:
@@ -273,6 +275,7 @@ class BertForMaskedLM(nnx.Module):
         attention: str = "auto",
         attention_impl: str | None = None,
         attention_dropout: float | None = None,
+        untie_decoder: bool = False,
     ):
         """dtype: compute dtype; remat, remat_policy (a key of REMAT_POLICIES), scan_layers,
         attention (one of ATTENTION), attention_impl (None lets JAX choose, or one of
@@ -295,10 +298,28 @@ class BertForMaskedLM(nnx.Module):
         self.layers = nnx.List([Layer(config, dtype, rngs, attention, attention_impl, attention_dropout)
                                 for _ in range(config.num_hidden_layers)])
         self.head = MLMHead(config, dtype, rngs)
+        if untie_decoder:
+            self.untie()
+
+    def untie(self) -> None:
+        """Gives the MLM head its own decoder matrix, a copy of the current word embeddings,
+        which then trains on its own (MABEL trains so)."""
+        # nnx.data: the attribute was None (static) until now
+        self.head.decoder = nnx.data(nnx.Param(jnp.array(self.embeddings.word.embedding[...])))
+
+    @property
+    def untied(self) -> bool:
+        """Whether the MLM head has its own decoder matrix."""
+        return self.head.decoder is not None
 
     def word_embeddings(self) -> Array:
-        """W: [vocab, hidden] float32, the word embeddings and tied decoder weight."""
+        """W: [vocab, hidden] float32, the input word embeddings (the tied decoder weight)."""
         return self.embeddings.word.embedding[...]
+
+    def decoder_weight(self) -> Array:
+        """[vocab, hidden] float32: the matrix the MLM logits multiply (the untied decoder when
+        the model has one, the word embeddings otherwise); NC3's W[c] are its rows."""
+        return self.head.decoder[...] if self.untied else self.word_embeddings()
 
     def mlm_transform(self, h: Array) -> Array:
         """[..., hidden] last-layer features -> [..., hidden] decoder input."""
@@ -306,7 +327,7 @@ class BertForMaskedLM(nnx.Module):
 
     def decode(self, h: Array) -> Array:
         """[..., hidden] decoder input -> [..., vocab] float32 logits (h W^T + bias)."""
-        w = self.word_embeddings().astype(self.dtype)  # the one cast of the table per use
+        w = self.decoder_weight().astype(self.dtype)  # the one cast of the table per use
         return mixed.f32_einsum("...h,vh->...v", h.astype(self.dtype), w) + self.head.bias[...]
 
     def encode(

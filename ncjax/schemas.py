@@ -1,4 +1,5 @@
-"""Batch schemas beyond single sequences: the ASE schema of pronoun-masked WinoBias sentences.
+"""Batch schemas beyond single sequences: the ASE schema of pronoun-masked WinoBias sentences
+(here) and the Mabel schema of four-view entailment pairs (`ncjax.pairs`).
 
 A batch is always a dict of [global_batch, ...] arrays, so the sampler, resume and sharding
 treat every schema alike. The ASE schema (BERT-ASE, Park et al.; as the released code builds it):
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ncjax import data
+from ncjax import data, pairs
 from ncjax.text import counterfactual
 
-SCHEMAS = ("sequences", "ase")
+SCHEMAS = ("sequences", "ase", "mabel")
 
 
 def check(data_config) -> None:
@@ -35,6 +36,10 @@ def check(data_config) -> None:
         raise ValueError(f"config data.schema={schema!r} is not one of {', '.join(map(repr, SCHEMAS))}.")
     if schema == "sequences":
         data.check_corpus(data.spec_from_config(data_config))
+    elif schema == "mabel":
+        pairs.check_source(data_config.path)
+        if data_config.max_length < 3:
+            raise ValueError(f"config data.max_length={data_config.max_length} must be at least 3 for the Mabel schema.")
     else:
         resolve_winobias(data_config.path)
         load_words(data_config.neutral_words)
@@ -50,6 +55,8 @@ def load(data_config, tokenizer, *, cache_dir, position_limit: int) -> dict[str,
     if data_config.max_length > position_limit:
         raise ValueError(f"data.max_length {data_config.max_length} exceeds the model's max_position_embeddings "
                          f"{position_limit}; lower data.max_length.")
+    if data_config.schema == "mabel":
+        return pairs.load(data_config, tokenizer, Path(cache_dir))
     return load_ase(data_config, tokenizer)
 
 

@@ -73,9 +73,11 @@ def make_train_step(
     """The jitted step: (state, batch) -> (state, metrics).
 
     state: {'step': int32 [], 'params': parameter dict, 'opt_state': AdamW state, 'terms':
-    {term name: its state} (only present when a term keeps state)}, replicated and donated.
+    {term name: its state} (only present when a term keeps state), 'term_params': {term name:
+    its parameters} (only present when a term owns parameters)}, replicated and donated.
     batch: a dict of [global_batch, ...] arrays (the fields the terms read), sharded on axis 0.
-    Differentiated: loss = sum of weight * value over `terms`, with respect to state['params'].
+    Differentiated: loss = sum of weight * value over `terms`, with respect to state['params']
+    and state['term_params'] (one optimiser, one clipping norm over both).
     dropout_rng: the PRNG implementation of the dropout masks (`ncjax.rng.dropout_key`).
     metrics: loss, loss/<name> per term (unweighted), each term's own metrics, grad_norm, lr,
     tokens."""
@@ -89,9 +91,10 @@ def make_train_step(
         step = state["step"]
         term_states = state.get("terms", {})
 
-        def loss_fn(params):
+        def loss_fn(trainable):
+            params, term_params = _split_trainable(trainable)
             ctx = terms_lib.Context(nnx.merge(graphdef, params), batch, step, seed=seed_value, dropout=dropout,
-                                    params=params, dropout_rng=dropout_rng)
+                                    params=params, term_params=term_params, dropout_rng=dropout_rng)
             total = jnp.zeros((), jnp.float32)
             new_states, metrics = {}, {}
             for term in terms:
@@ -103,13 +106,13 @@ def make_train_step(
                 metrics.update(m)
             return total, (new_states, metrics)
 
-        (loss, (new_states, term_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {
-            "step": step + 1,
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-        }
+        trainable = _trainable(state)
+        (loss, (new_states, term_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+        new_params, new_term_params = _split_trainable(optax.apply_updates(trainable, updates))
+        new_state = {"step": step + 1, "params": new_params, "opt_state": opt_state}
+        if new_term_params:
+            new_state["term_params"] = new_term_params
         if new_states:
             new_state["terms"] = new_states
         mask = batch["attention_mask"]
@@ -143,10 +146,21 @@ class _Step:
         return self._jitted.lower(state, batch, self._seed)
 
 
+def _trainable(state: dict) -> Any:
+    # What the optimiser updates: the model's parameters alone (the layout of every recipe
+    # without term parameters, so their checkpoints keep it) or (params, term_params).
+    return (state["params"], state["term_params"]) if "term_params" in state else state["params"]
+
+
+def _split_trainable(trainable: Any) -> tuple[Any, dict]:
+    return trainable if isinstance(trainable, tuple) else (trainable, {})
+
+
 def init_state(params: dict, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-               terms: Sequence[terms_lib.Term] = ()) -> dict:
+               terms: Sequence[terms_lib.Term] = (), seed: int = 0) -> dict:
     """The step-0 train state, replicated over the mesh (works across processes: every process
-    holds the same host values), with the initial state of every term that keeps one."""
+    holds the same host values), with the initial state of every term that keeps one and the
+    initial parameters (seeded by `seed`) of every term that owns some."""
     rep = parallel.replicated(mesh)
 
     def put(x):
@@ -154,7 +168,10 @@ def init_state(params: dict, tx: optax.GradientTransformation, mesh: jax.shardin
         return jax.make_array_from_callback(x.shape, rep, lambda idx: x[idx])
 
     state = {"step": put(np.zeros((), np.int32)), "params": jax.tree.map(put, params)}
-    state["opt_state"] = jax.jit(tx.init, out_shardings=rep)(state["params"])
+    term_params = terms_lib.init_params(terms, seed)
+    if term_params:
+        state["term_params"] = jax.tree.map(put, jax.device_get(term_params))
+    state["opt_state"] = jax.jit(tx.init, out_shardings=rep)(_trainable(state))
     term_states = terms_lib.init_states(terms)
     if term_states:
         state["terms"] = jax.tree.map(put, jax.device_get(term_states))

@@ -256,6 +256,7 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
         model_src, init_missing_head=config.model.init_missing_head, seed=config.seed,
         dtype=_DTYPES[config.model.dtype], remat=config.model.remat, overrides=_model_overrides(config.model),
         **model_options(config.model),
+        untie_decoder=config.model.untie_decoder,
     )
     if config.model.head_source:
         _replace_head(model, config.model.head_source, model_config)
@@ -279,7 +280,7 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
                       or masking.default_max_predictions(length, config.data.mlm_probability))
     step_flops = flops.train_step_flops(model_config, rows, length, predictions)
     peak = flops.peak_flops(mesh.devices.flat[0].device_kind, config.model.dtype, config.log.peak_tflops)
-    state = step_lib.init_state(params, tx, mesh, loss_terms)
+    state = step_lib.init_state(params, tx, mesh, loss_terms, seed=config.seed)
     del params
     log.info("train state initialised (%d parameters)", sum(x.size for x in jax.tree.leaves(state["params"])))
 

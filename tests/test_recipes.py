@@ -14,11 +14,11 @@ from ncjax import logs
 # The kill/resume machinery of the train tests, and its compilation cache for the subprocesses.
 from test_train import _copy, _state, compilation_cache, kill_after_checkpoint_then_rerun  # noqa: F401
 
-RECIPES = ("bert_nc3", "cda_nc3", "dropout_nc3", "mlm_nc3", "ase_nc3")
+RECIPES = ("bert_nc3", "cda_nc3", "dropout_nc3", "mlm_nc3", "ase_nc3", "mabel_nc3")
 # bert_nc3:tiny trains in tests/test_train.py (1 vs 8 devices included), ase_nc3:tiny in the ASE
 # tests below. CDA and Dropout compile the very step of bert_nc3 (same terms and schema, other
 # data and dropout rates), so their 1-device rerun would repeat that comparison: 8 devices only.
-TRAINED_HERE = {"cda_nc3": False, "dropout_nc3": False, "mlm_nc3": True}
+TRAINED_HERE = {"cda_nc3": False, "dropout_nc3": False, "mlm_nc3": True, "mabel_nc3": True}
 STEPS = 4
 # float32 all-reduce over 8 devices vs one local sum, through a few AdamW steps
 LOSS_RTOL = 2e-4
@@ -47,11 +47,31 @@ def write_winobias(path, n=40, seed=0):
     path.write_text("\n".join(lines) + "\n")
 
 
+def write_mabel(path, n=48, seed=0):
+    """MABEL's entailment_data.csv layout (orig_sent0, orig_sent1, aug_sent0, aug_sent1) in the
+    tiny vocabulary, the augmented views made by the bundled gender swaps."""
+    from ncjax import data
+    from ncjax.text import counterfactual
+
+    rng = np.random.default_rng(seed)
+    subjects = ["he", "she", "the man", "the woman", "the king", "the queen", "his father", "her mother"]
+    predicates = ["worked at the hospital", "was a nurse", "was a doctor", "was happy", "was sad", "was good"]
+    swaps = data.attribute_pairs("gender")
+    rows = []
+    for _ in range(n):
+        subject = rng.choice(subjects)
+        premise = f"{subject.capitalize()} {rng.choice(predicates)} and {rng.choice(predicates)}."
+        hypothesis = f"{subject.capitalize()} {rng.choice(predicates)}."
+        rows.append(",".join([premise, hypothesis, counterfactual(premise, swaps), counterfactual(hypothesis, swaps)]))
+    path.write_text("orig_sent0,orig_sent1,aug_sent0,aug_sent1\n" + "\n".join(rows) + "\n")
+
+
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     d = tmp_path_factory.mktemp("recipe_data")
     write_sequences(d / "seq.tsv")
     write_winobias(d / "wino.txt")
+    write_mabel(d / "mabel.csv")
     (d / "neutral.txt").write_text("nurse\ndoctor\tengineer\nhospital\n")
     return d
 
@@ -62,6 +82,8 @@ def tiny_config(name, corpora, tiny_bert_dir, **overrides):
     if c.data.schema == "ase":
         c.data.path = str(corpora / "wino.txt")
         c.data.neutral_words = str(corpora / "neutral.txt")
+    elif c.data.schema == "mabel":
+        c.data.path = str(corpora / "mabel.csv")
     else:
         c.data.path = str(corpora / "seq.tsv")
     c.data.cache_dir = str(corpora / "cache")
@@ -88,7 +110,7 @@ def test_every_variant_builds_and_passes_the_checks(name):
     c = module.get_config()
     c.loss.terms = ("mlm", "nc4")
     with pytest.raises(ValueError, match=r"^config loss.terms names 'nc4', which is no module of ncjax/terms; "
-                                         r"use one of ewc, mlm, nc3, orthogonal\.$"):
+                                         r"use one of alignment, contrastive, ewc, mlm, nc3, orthogonal\.$"):
         check_config(c)
 
 
@@ -106,7 +128,8 @@ def check_trained(name, workdir):
     mlm = [r["loss/mlm"] for r in records]
     assert np.mean(mlm[-2:]) < np.mean(mlm[:2]), mlm
     weights = {"mlm": config.mlm.weight, "nc3": config.penalty.alpha, "orthogonal": config.orthogonal.weight,
-               "ewc": config.ewc.weight}
+               "ewc": config.ewc.weight, "contrastive": config.contrastive.weight,
+               "alignment": config.alignment.weight}
     np.testing.assert_allclose([r["loss"] for r in records],
                                [sum(weights[k[5:]] * r[k] for k in keys) for r in records], rtol=1e-5)
     pytest.importorskip("torch")
@@ -205,3 +228,34 @@ def test_resuming_another_recipes_checkpoint_fails_in_one_sentence(ase_reference
                                          r"\(another recipe's loss terms or model, or an older ncjax\); resume it "
                                          r"with the config it was written with, or use a new --workdir\.$"):
         train_and_evaluate(tiny_config("bert_nc3", corpora, tiny_bert_dir), workdir)
+
+
+# ----------------------------------------------------------------------------- Mabel (four views)
+
+
+def test_mabel_bad_inputs_stop_before_compute(corpora, tiny_bert_dir, tmp_path):
+    from ncjax.terms import alignment, contrastive
+    from ncjax.train import train_and_evaluate
+
+    c = tiny_config("mabel_nc3", corpora, tiny_bert_dir)
+    bad = tmp_path / "columns.csv"
+    bad.write_text("sentence1,sentence2\nHe was good.,He was happy.\n")
+    c.data.path = str(bad)
+    with pytest.raises(ValueError, match=r"^data.path .*columns.csv has columns sentence1, sentence2, but the Mabel "
+                                         r"schema needs orig_sent0, orig_sent1, aug_sent0, aug_sent1"):
+        train_and_evaluate(c, tmp_path / "w1")
+    neutral = tmp_path / "neutral.csv"
+    neutral.write_text("orig_sent0,orig_sent1\nThe nurse was good.,The doctor was happy.\n")
+    c.data.path = str(neutral)
+    with pytest.raises(ValueError, match=r"^data.path .*neutral.csv has no pair with a gender word"):
+        train_and_evaluate(c, tmp_path / "w2")
+    assert not (tmp_path / "w1" / "checkpoints").exists() and not (tmp_path / "w2" / "checkpoints").exists()
+    c = tiny_config("mabel_nc3", corpora, tiny_bert_dir)
+    c.data.schema = "sequences"
+    with pytest.raises(ValueError, match=r"^loss term 'contrastive' reads the four views of data.schema='mabel', "
+                                         r"not 'sequences'; set data.schema='mabel'\.$"):
+        contrastive.build(c, None)
+    c = tiny_config("mabel_nc3", corpora, tiny_bert_dir, **{"contrastive.weight": 0.0})
+    with pytest.raises(ValueError, match=r"^loss term 'alignment' reads the sentence-embedding head of the "
+                                         r"'contrastive' term"):
+        alignment.build(c, None)

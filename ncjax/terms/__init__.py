@@ -6,6 +6,11 @@ A term is a small object with
   fields  the batch fields it reads (checked against the data before any compute);
   init_state() -> a pytree of arrays or None: state kept in the train state and in every
           checkpoint (NC3 running statistics; EWC Fisher and anchor);
+  init_params(key) -> a pytree of arrays or None (optional method): trainable parameters the
+          term owns (Mabel's sentence-embedding head), kept in the train state under
+          'term_params', updated by the optimiser with the model and held by every checkpoint,
+          but never exported (the export is the masked LM alone); read as
+          `ctx.term_params[name]`;
   __call__(ctx, state) -> (value scalar float32, new_state, metrics dict of scalars).
 
 The step (`ncjax.step`) builds one `Context` per trace, calls every term with it, sums
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import zlib
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,8 +36,9 @@ import jax
 
 from ncjax import rng
 
-# Independent random streams of one step, all keyed by fold_in(fold_in(seed, stream), step).
-MASK_STREAM, DROPOUT_STREAM = 1, 2
+# Independent random streams of one step, all keyed by fold_in(fold_in(seed, stream), step);
+# PARAMS_STREAM seeds the terms' own parameters once, fold_in(fold_in(seed, 3), crc32(name)).
+MASK_STREAM, DROPOUT_STREAM, PARAMS_STREAM = 1, 2, 3
 
 
 class Term(Protocol):
@@ -63,14 +70,16 @@ class Setup:
 
 
 class Context:
-    """One step's view for the terms: the parameters being differentiated and the model merged
-    from them, the batch, the step number, PRNG keys, and a cache of anything computed once per
-    step (masks, forward passes). Lives only while the loss is traced."""
+    """One step's view for the terms: the parameters being differentiated (the model's, the model
+    merged from them, and the terms' own `term_params`), the batch, the step number, PRNG keys,
+    and a cache of anything computed once per step (masks, forward passes). Lives only while the
+    loss is traced."""
 
     def __init__(self, model: Any, batch: dict[str, jax.Array], step: jax.Array, *, seed: int, dropout: bool,
-                 params: Any = None, dropout_rng: str = "auto"):
+                 params: Any = None, term_params: dict[str, Any] | None = None, dropout_rng: str = "auto"):
         self.model = model
         self.params = params
+        self.term_params = term_params or {}
         self.batch = batch
         self.step = step
         self.dropout = dropout
@@ -144,4 +153,18 @@ def init_states(terms: Sequence[Term]) -> dict[str, Any]:
         s = t.init_state()
         if s is not None:
             out[t.name] = s
+    return out
+
+
+def init_params(terms: Sequence[Term], seed: int) -> dict[str, Any]:
+    """{term name: initial parameters} for the terms that own trainable parameters, each drawn
+    from fold_in(fold_in(PRNGKey(seed), PARAMS_STREAM), crc32(name)) (independent of the term
+    order and of the other terms)."""
+    root = jax.random.fold_in(jax.random.PRNGKey(seed), PARAMS_STREAM)
+    out = {}
+    for t in terms:
+        make = getattr(t, "init_params", None)
+        p = make(jax.random.fold_in(root, zlib.crc32(t.name.encode()))) if make else None
+        if p is not None:
+            out[t.name] = p
     return out

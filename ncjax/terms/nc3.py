@@ -88,7 +88,7 @@ class NC3:
         inputs, masks, out = mlm.masked_forward(ctx, self.masking)
         feats, labels, weights = penalty_inputs(ctx.model, out, inputs, masks, self.spec)
         slot_table = penalty.make_slot_table(self.class_ids, self.masking.vocab_size)
-        class_weights = ctx.model.word_embeddings()[jnp.asarray(self.class_ids, jnp.int32)]  # [K, H]
+        class_weights = ctx.model.decoder_weight()[jnp.asarray(self.class_ids, jnp.int32)]  # [K, H]
         r, new_state, m = penalty.nc3_penalty(
             state, feats, labels, weights, class_weights, slot_table,
             mode=self.spec.mode, ema=self.spec.ema, stop_gradient_mu=self.spec.stop_gradient_mu,
