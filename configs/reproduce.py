@@ -36,6 +36,7 @@ def base() -> ml_collections.ConfigDict:
     c.recipe.cda = "configs/cda_nc3.py"
     c.recipe.dropout = "configs/dropout_nc3.py"
     c.recipe.ase = "configs/ase_nc3.py"
+    c.recipe.mabel = "configs/mabel_nc3.py"
     c.recipes = "bec"
     c.seeds = "0,1,2"
     c.arms = ml_collections.ConfigDict()
