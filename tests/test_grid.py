@@ -197,3 +197,34 @@ def test_paired_effect_and_mean_std_by_hand():
     assert summary.mean_std([1.0, None, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2,
                                                   "values": [1.0, 3.0]}
     assert summary.mean_std([4.0])["std"] is None
+
+
+@pytest.mark.parametrize("variant", ["minilm_quick", "minilm", "bert_base"])
+def test_every_variant_builds_each_cell_config(variant, monkeypatch, tiny_bert_dir):
+    """Each cell's training config loads (recipe file, variant, overrides); the baseline arm differs
+    from +NC3 only by the NC3 weight; the MiniLM grids start from the warmed-up masked LM."""
+    from ncjax import weights
+
+    monkeypatch.setenv(weights.WARM_MINILM_ENV, str(tiny_bert_dir))  # stands in for the warm-up's export
+    spec = importlib.util.spec_from_file_location("reproduce_config", REPO / "configs" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(variant)
+    all_cells = grid.cells(c)
+    assert len(all_cells) == 1 + len(c.recipes.split(",")) * 2 * 3
+    by_key = {}
+    for cell in all_cells[1:]:
+        config = grid.cell_config(c, cell)
+        by_key[cell.recipe, cell.arm, cell.seed] = json.loads(config.to_json())
+        assert config.seed == cell.seed
+        expected = "minilm-mlm" if variant.startswith("minilm") else "bert-base-uncased"
+        assert (config.model.path, config.model.init_missing_head) == (expected, False)
+    for (recipe, arm, seed), nc3 in by_key.items():
+        if arm == "nc3":
+            base = by_key[recipe, "baseline", seed]
+            assert nc3["penalty"]["alpha"] > 0 and base["penalty"]["alpha"] == 0
+            nc3["penalty"]["alpha"] = 0
+            assert nc3 == base
+    assert grid.base_model(c)[0] == ("minilm-mlm" if variant.startswith("minilm") else "bert-base-uncased")
+    if variant != "minilm_quick":
+        assert {"glue", "coref", "bios"} <= set(c.evaluate.benchmarks.split(","))
