@@ -258,7 +258,7 @@ def _resource_or_path(text: str) -> Path:
     if text.startswith("bundled:"):
         from ncjax import data
 
-        return data.resolve_corpus(text)[0]
+        return data.resolve_corpus(text)[0][0]  # (file, format, field) of its first file
     path = Path(text).expanduser()
     return path if path.exists() or not (ROOT / path).exists() else ROOT / path
 

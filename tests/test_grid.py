@@ -228,3 +228,9 @@ def test_every_variant_builds_each_cell_config(variant, monkeypatch, tiny_bert_d
     assert grid.base_model(c)[0] == ("minilm-mlm" if variant.startswith("minilm") else "bert-base-uncased")
     if variant != "minilm_quick":
         assert {"glue", "coref", "bios"} <= set(c.evaluate.benchmarks.split(","))
+
+
+def test_measure_corpus_resolves_bundled_names_and_paths():
+    assert grid._resource_or_path("bundled:gap_flipped").name == "gap_flipped.tsv"
+    assert grid._resource_or_path("bundled:gap_flipped").is_file()
+    assert grid._resource_or_path("tests/fixtures/gender_lines.txt").is_file()
