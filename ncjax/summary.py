@@ -232,12 +232,13 @@ def markdown(report: dict[str, Any], figures: list[str]) -> str:
             e = effs.get(key)
             if not e or e.get("mean") is None:
                 continue
-            ci = "–" if e["ci95"] is None else f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}]"
+            # three significant digits: an NC metric's effect may be far below 0.001 and still significant
+            ci = "–" if e["ci95"] is None else f"[{e['ci95'][0]:+.3g}, {e['ci95'][1]:+.3g}]"
             toward = "–"
             if ideal is not None and e.get("distance_to_ideal", {}).get("mean") is not None:
                 dm = e["distance_to_ideal"]["mean"]
                 toward = "closer" if dm < 0 else "further" if dm > 0 else "same"
-            lines.append(f"| {label} | {e['mean']:+.3f} | {ci} | {e['sign_consistency']:.2f} | {e['n']} | {toward} |")
+            lines.append(f"| {label} | {e['mean']:+.3g} | {ci} | {e['sign_consistency']:.2f} | {e['n']} | {toward} |")
             (significant if e["significant"] else not_significant).append(f"{recipe}: {label}")
         lines.append("")
     lines.append("**Significant at 95 % (interval excludes 0):** " + ("; ".join(significant) or "none") + ".")
