@@ -5,8 +5,10 @@ batch schemas in `ncjax.schemas`. `train_and_evaluate` does the rest of a run: m
 start-up, input checks that fail in one sentence before any compute, the training arrays of
 the config's schema and the sampler, the recipe's terms, restore-or-initialise from the
 latest complete checkpoint (on any device count), the loop with metrics, periodic and final
-checkpoints, SIGTERM handling (checkpoint, then return 'preempted'), a stop on a non-finite loss
-naming the step and the last good checkpoint, and the Hugging Face export.
+checkpoints, SIGTERM and SIGINT handling (checkpoint, then return 'preempted' or 'interrupted'), a
+stop on a non-finite loss or parameters naming the step and the last good checkpoint, and the
+Hugging Face export. A work directory trains one config (`ncjax.resume`); a damaged newest
+checkpoint is moved aside and the run resumes from the one before (`ncjax.checkpoint`).
 
 Step numbering: the state's `step` counts applied updates. The update that reads global batch s
 (masks keyed by s) produces step s + 1; metrics and checkpoints are labelled with that number.
@@ -32,6 +34,7 @@ from flax import nnx
 from ncjax import checkpoint as ckpt_lib
 from ncjax import convert, data, flops, logs, masking, parallel, rng, schemas, weights
 from ncjax import model as model_lib
+from ncjax import resume
 from ncjax import step as step_lib
 from ncjax.lock import WorkdirLock
 from ncjax import terms as terms_lib
@@ -130,25 +133,31 @@ def check_model_source(path: str, key: str = "model.path") -> Path:
 
 
 class _Preemption:
-    """SIGTERM -> a flag the loop polls (single-process runs; multi-process runs use JAX's
-    preemption sync point so every process stops at the same step)."""
+    """SIGTERM and SIGINT (Ctrl-C) -> a flag the loop polls, so the run saves a checkpoint and
+    stops (single-process runs; multi-process runs use JAX's preemption sync point so every
+    process stops at the same step). `status` is 'preempted' (SIGTERM) or 'interrupted' (SIGINT)."""
+
+    _SIGNALS = {signal.SIGTERM: "preempted", signal.SIGINT: "interrupted"}
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.status = "preempted"
+        self._previous: dict = {}
 
     def _handler(self, signum, frame):
-        log.warning("received signal %d: saving a checkpoint and stopping", signum)
+        if not self.requested:
+            log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
         self.requested = True
+        self.status = self._SIGNALS.get(signum, "preempted")
 
     def __enter__(self):
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
+            self._previous = {s: signal.signal(s, self._handler) for s in self._SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def _model_overrides(m: Any) -> dict[str, float]:
@@ -190,26 +199,38 @@ def _host_metrics(m: dict) -> dict:
     return out
 
 
-def check_finite(step: int, metrics: dict, checkpointer: ckpt_lib.Checkpointer) -> None:
-    """Raises FloatingPointError naming the step and the last complete checkpoint when the
-    loss of `step` is NaN or infinite (after letting pending saves finish)."""
+def check_finite(step: int, metrics: dict, checkpointer: ckpt_lib.Checkpointer, abstract_state: Any = None,
+                 params: Any = None) -> None:
+    """Raises FloatingPointError naming the step and the newest checkpoint whose parameters are
+    finite when the loss of `step` is NaN or infinite, or when `params` (the state about to be
+    saved) are not finite (`checkpoint.params_finite`). Pending saves finish first; a checkpoint
+    with non-finite parameters is moved aside, so neither the message nor a rerun names it."""
     if all(math.isfinite(v) for v in _losses(metrics).values()):
-        return
+        if params is None or ckpt_lib.params_finite(params):
+            return
+        what = f"the parameters stopped being finite (loss {metrics['loss']:.6g})"
+    else:
+        what = f"the loss became {metrics['loss']}"
     checkpointer.wait()
-    good = checkpointer.latest_step()
+    found = checkpointer.restore_latest(abstract_state, move_damaged=False)
+    good = found[0] if found else None
     where = (f"the last good checkpoint is {checkpointer.step_path(good)} (step {good})"
              if good is not None else "no checkpoint was written yet")
-    raise FloatingPointError(f"the loss became {metrics['loss']} at step {step}; training stopped and {where}.")
+    raise FloatingPointError(f"{what} at step {step}; training stopped and {where}.")
 
 
-def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(config: Any, workdir: str | Path, *, allow_config_change: str | tuple[str, ...] = ()
+                       ) -> dict[str, Any]:
     """Runs (or resumes) the training described by `config` in `workdir`.
 
     Writes workdir/config.json, metrics.jsonl, tensorboard/, checkpoints/<step>/ and, at the
-    end, export/hf/ (a transformers BertForMaskedLM directory). Returns {'status': 'completed'
-    or 'preempted', 'step', 'total_steps', 'checkpoint', 'export', 'metrics' (last logged)}.
-    Raises ValueError / FileNotFoundError (bad input, before any compute) or FloatingPointError
-    (non-finite loss, naming the step and the last good checkpoint)."""
+    end, export/hf/ (a transformers BertForMaskedLM directory). Returns {'status': 'completed',
+    'preempted' (SIGTERM) or 'interrupted' (SIGINT; both saved a checkpoint first), 'step',
+    'total_steps', 'checkpoint', 'export', 'metrics' (last logged)}.
+    Raises ValueError / FileNotFoundError (bad input, before any compute; a config that differs
+    from the one that created `workdir`, except for the fields `allow_config_change` names: see
+    `ncjax.resume`) or FloatingPointError (non-finite loss or parameters, naming the step and the
+    last good checkpoint)."""
     workdir = Path(workdir).absolute()
     pc = config.parallel
     parallel.initialize_distributed(pc.distributed, pc.coordinator_address, pc.num_processes, pc.process_id)
@@ -224,6 +245,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     # one run per work directory: a second one stops at once, naming the holder
     with WorkdirLock(workdir, what="training run") if is_main else contextlib.nullcontext():
+        resume.check_identity(json.loads(config.to_json()), workdir, allow_config_change, write=is_main)
         return _run(config, workdir, model_src, mesh, is_main)
 
 
@@ -288,23 +310,17 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
                                          async_save=config.checkpoint.async_save)
     try:
         position = 0
-        start = checkpointer.latest_step()
-        if start is not None:
-            try:
-                state, meta = checkpointer.restore(start, ckpt_lib.abstract_like(state))
-            except ValueError:  # orbax's message is a multi-line tree diff
-                raise ValueError(f"checkpoint {checkpointer.step_path(start)} holds a train state of another layout "
-                                 "(another recipe's loss terms or model, or an older ncjax); resume it with the "
-                                 "config it was written with, or use a new --workdir.") from None
+        abstract = ckpt_lib.abstract_like(state)
+        found = checkpointer.restore_latest(abstract)
+        start = None
+        if found is not None:
+            start, state, meta = found
             position = int(meta["sampler_position"])
             if meta.get("num_examples") != num_examples:
                 log.warning("the corpus now has %d examples, the checkpoint was written with %s; the data order "
                             "after resuming differs from the original run", num_examples, meta.get("num_examples"))
             log.info("resumed from %s (step %d)", checkpointer.step_path(start), start)
         step = int(start or 0)
-
-        if is_main:
-            logs.write_json_atomic(workdir / "config.json", json.loads(config.to_json()))
         progress = {"auto": None, "on": True, "off": False}[config.log.progress]
 
         def meta_for(s: int, preempted: bool) -> dict:
@@ -325,12 +341,12 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
             pending: tuple[int, dict] | None = None
             window = {"tokens": 0, "steps": 0, "t0": None}
 
-            def settle(item: tuple[int, dict]) -> None:
+            def settle(item: tuple[int, dict]) -> dict:
                 """Fetches one step's metrics, stops on a non-finite loss, logs on the interval."""
                 nonlocal last_logged
                 s, device_metrics = item
                 m = _host_metrics(device_metrics)
-                check_finite(s, m, checkpointer)
+                check_finite(s, m, checkpointer, abstract)
                 now = time.perf_counter()
                 if window["t0"] is None:  # the first step includes compilation: time from its end
                     window["t0"] = now
@@ -348,6 +364,7 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
                     last_logged = {"step": s, **m}
                     log.info("step %d: %s", s, " ".join(f"{k} {v:.4f}" for k, v in _losses(m).items()))
                 writer.advance(s)
+                return m
 
             while step < total_steps:
                 local = data.gather_batch(arrays, sampler.indices(position), pad_id=tokenizer.pad_token_id or 0)
@@ -359,17 +376,18 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
                 pending = (step, device_metrics)
                 stop = preemption.requested or checkpointer.reached_preemption(step)
                 if step % config.checkpoint.every_steps == 0 or step == total_steps or stop:
-                    settle(pending)  # never save a state whose loss is not finite
+                    # never save a state whose loss or parameters are not finite
+                    check_finite(step, settle(pending), checkpointer, abstract, params=state["params"])
                     pending = None
                     checkpointer.save(step, state, meta_for(step, stop and step < total_steps))
                     last_saved = step
                 if stop and step < total_steps:
-                    status = "preempted"
+                    status = preemption.status
                     break
             if pending is not None:
                 settle(pending)
         if last_saved != step:
-            checkpointer.save(step, state, meta_for(step, status == "preempted"))
+            checkpointer.save(step, state, meta_for(step, status != "completed"))
     finally:
         # waits for a pending asynchronous save, also when the run stops on an error
         checkpointer.close()
