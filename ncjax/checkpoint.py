@@ -52,7 +52,11 @@ def params_finite(tree: Any) -> bool:
     """Whether the float32 sum of squares of every floating leaf of `tree` is finite: False for a
     NaN or an infinity, and for values beyond ~1e19, whose next step overflows float32."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return not leaves or bool(np.isfinite(np.asarray(_sum_squares(leaves))))
+    if not leaves:
+        return True
+    total = _sum_squares(leaves)
+    # replicated over every process's devices: any local shard holds the value
+    return bool(np.isfinite(np.asarray(total if total.is_fully_addressable else total.addressable_data(0))))
 
 
 def _key(path: tuple) -> str:
