@@ -3,8 +3,8 @@
 `workdir/config.json` records the config that created the directory. Once the directory holds a
 checkpoint, a run with a different config is refused in one line naming the differing fields
 (dotted keys, old -> new), because resuming would mix two trainings in one trajectory. A few
-fields say how a run is carried out, not what it computes; they may change on resume when the
-caller names them (`allow`: dotted keys or `block.*` patterns, `--allow_config_change` in
+fields leave the model, data and objective alone (how long, how often to save or log, what to
+export); they may change on resume when the caller names them (`allow`: dotted keys or `block.*` patterns, `--allow_config_change` in
 launch/train.py):
 
     train.num_steps, train.log_every_steps, checkpoint.every_steps, checkpoint.max_to_keep,
