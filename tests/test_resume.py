@@ -246,13 +246,14 @@ def _small(**replace) -> dict:
     return jax.tree.map(jnp.asarray, tree)
 
 
-@pytest.mark.parametrize("current, expected", [
-    (_small(**{"params.b": None}), "it holds params.b, which this run's train state lacks"),
-    (_small(**{"terms.nc3": np.zeros(2, np.float32)}), "it lacks terms.nc3, which this run's train state has"),
-    (_small(**{"params.w": np.zeros((4, 4), np.float32)}), "params.w is float32[3, 4] there but float32[4, 4] here"),
-    (_small(**{"params.b": np.ones(4, np.int32)}), "params.b is float32[4] there but int32[4] here"),
+@pytest.mark.parametrize("change, expected", [
+    ({"params.b": None}, "it holds params.b, which this run's train state lacks"),
+    ({"terms.nc3": np.zeros(2, np.float32)}, "it lacks terms.nc3, which this run's train state has"),
+    ({"params.w": np.zeros((4, 4), np.float32)}, "params.w is float32[3, 4] there but float32[4, 4] here"),
+    ({"params.b": np.ones(4, np.int32)}, "params.b is float32[4] there but int32[4] here"),
 ])
-def test_layout_difference_names_what_differs(tmp_path, current, expected):
+def test_layout_difference_names_what_differs(tmp_path, change, expected):
+    current = _small(**change)
     with Checkpointer(tmp_path) as ck:
         ck.save(4, _small(), {"step": 4})
         ck.wait()
