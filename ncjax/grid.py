@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from ncjax import logs
+from ncjax.resume import flatten
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +188,6 @@ def base_model(grid: Any) -> tuple[str, bool]:
 # ----------------------------------------------------------------------------- identity
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def check_identity(grid: Any, workdir: Path) -> None:
     """Records the grid config in DIR/grid.json, or refuses (ValueError, one line naming the
     fields) when DIR holds a grid made with a different config. `seeds` and `recipes` may grow:
@@ -209,7 +201,7 @@ def check_identity(grid: Any, workdir: Path) -> None:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise ValueError(f"{path} is not valid JSON; restore it or start a new --workdir.") from None
-    a, b = _flatten(stored), _flatten(current)
+    a, b = flatten(stored), flatten(current)
     growable = {"seeds", "recipes"}
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in growable)
     for k in growable & (a.keys() | b.keys()):

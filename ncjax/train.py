@@ -2,11 +2,12 @@
 
 The jitted step and the train state live in `ncjax.step`, the loss terms in `ncjax.terms`, the
 batch schemas in `ncjax.schemas`. `train_and_evaluate` does the rest of a run: multi-host
-start-up, input checks that fail in one sentence before any compute, the training arrays of
-the config's schema and the sampler, the recipe's terms, restore-or-initialise from the
-latest complete checkpoint (on any device count), the loop with metrics, periodic and final
-checkpoints, SIGTERM handling (checkpoint, then return 'preempted'), a stop on a non-finite loss
-naming the step and the last good checkpoint, and the Hugging Face export.
+start-up, input checks that fail in one sentence before any compute, the run's identity (a work
+directory trains one config: `ncjax.resume`), the training arrays of the config's schema and the
+sampler, the recipe's terms, restore-or-initialise from the newest readable checkpoint (on any
+device count; damaged ones are moved aside: `ncjax.checkpoint`), the loop (`ncjax.loop`: metrics,
+periodic and final checkpoints, SIGTERM and SIGINT, the stop on non-finite values), and the
+Hugging Face export.
 
 Step numbering: the state's `step` counts applied updates. The update that reads global batch s
 (masks keyed by s) produces step s + 1; metrics and checkpoints are labelled with that number.
@@ -18,9 +19,6 @@ import contextlib
 import json
 import logging
 import math
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +29,12 @@ from flax import nnx
 
 from ncjax import accuracy
 from ncjax import checkpoint as ckpt_lib
-from ncjax import convert, data, flops, logs, masking, parallel, rng, schemas, weights
+from ncjax import convert, data, flops, loop, masking, parallel, rng, schemas, weights
 from ncjax import model as model_lib
+from ncjax import resume
 from ncjax import step as step_lib
 from ncjax.lock import WorkdirLock
+from ncjax.loop import check_finite  # noqa: F401  (part of this module's interface)
 from ncjax import terms as terms_lib
 
 log = logging.getLogger(__name__)
@@ -130,28 +130,6 @@ def check_model_source(path: str, key: str = "model.path") -> Path:
 # ----------------------------------------------------------------------------- the run
 
 
-class _Preemption:
-    """SIGTERM -> a flag the loop polls (single-process runs; multi-process runs use JAX's
-    preemption sync point so every process stops at the same step)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        log.warning("received signal %d: saving a checkpoint and stopping", signum)
-        self.requested = True
-
-    def __enter__(self):
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def _model_overrides(m: Any) -> dict[str, float]:
     """Dropout probabilities that replace the checkpoint's (a negative value keeps it)."""
     out = {}
@@ -175,53 +153,39 @@ def _replace_head(model, head_source: str, config) -> None:
     log.info("MLM head taken from %s", head_source)
 
 
-_COUNTS = ("masked_tokens", "tokens", "nc3_classes")
-
-
-def _losses(m: dict) -> dict:
-    """The total and the per-term losses of a metrics dict."""
-    return {k: v for k, v in m.items() if k == "loss" or k.startswith("loss/")}
-
-
-def _host_metrics(m: dict) -> dict:
-    out = {}
-    for k, v in parallel.to_host(m).items():
-        v = np.asarray(v)
-        out[k] = bool(v) if v.dtype == np.bool_ else (int(v) if k in _COUNTS else float(v))
-    return out
-
-
-def check_finite(step: int, metrics: dict, checkpointer: ckpt_lib.Checkpointer) -> None:
-    """Raises FloatingPointError naming the step and the last complete checkpoint when the
-    loss of `step` is NaN or infinite (after letting pending saves finish)."""
-    if all(math.isfinite(v) for v in _losses(metrics).values()):
-        return
-    checkpointer.wait()
-    good = checkpointer.latest_step()
-    where = (f"the last good checkpoint is {checkpointer.step_path(good)} (step {good})"
-             if good is not None else "no checkpoint was written yet")
-    raise FloatingPointError(f"the loss became {metrics['loss']} at step {step}; training stopped and {where}.")
-
-
-def _heldout(config: Any, tokenizer, cache_dir: Path, length: int, position_limit: int) -> dict | None:
-    """The tokenised held-out set of `config.heldout` (None when heldout.path is empty)."""
+def _heldout_evaluator(config: Any, workdir: Path, tokenizer, model_config, graphdef, length: int):
+    """params -> {'heldout/accuracy', 'heldout/loss'} on `config.heldout` (`ncjax.accuracy`), or
+    None when heldout.path is empty."""
     h = config.get("heldout")
     if h is None or not h.path:
         return None
-    arrays = accuracy.heldout_arrays(h, config.data, tokenizer, cache_dir=cache_dir, length=length,
-                                     position_limit=position_limit)
+    arrays = accuracy.heldout_arrays(h, config.data, tokenizer, cache_dir=Path(config.data.cache_dir or workdir / "cache"),
+                                     length=length, position_limit=model_config.max_position_embeddings)
     log.info("held-out masked accuracy on %d sequences of %s", arrays["input_ids"].shape[0], h.path)
-    return arrays
+    special = tuple(masking.special_token_ids(tokenizer))
+
+    def evaluate(params) -> dict:
+        r = accuracy.masked_accuracy(graphdef, params, arrays, special_ids=special, mask_id=tokenizer.mask_token_id,
+                                     vocab_size=model_config.vocab_size, probability=config.data.mlm_probability,
+                                     batch_size=h.batch_size, seed=h.seed)
+        log.info("held-out masked accuracy %.4f, loss %.4f (%d tokens)", r["accuracy"], r["loss"], r["masked_tokens"])
+        return {"heldout/accuracy": r["accuracy"], "heldout/loss": r["loss"]}
+
+    return evaluate
 
 
-def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(config: Any, workdir: str | Path, *, allow_config_change: str | tuple[str, ...] = ()
+                       ) -> dict[str, Any]:
     """Runs (or resumes) the training described by `config` in `workdir`.
 
     Writes workdir/config.json, metrics.jsonl, tensorboard/, checkpoints/<step>/ and, at the
-    end, export/hf/ (a transformers BertForMaskedLM directory). Returns {'status': 'completed'
-    or 'preempted', 'step', 'total_steps', 'checkpoint', 'export', 'metrics' (last logged)}.
-    Raises ValueError / FileNotFoundError (bad input, before any compute) or FloatingPointError
-    (non-finite loss, naming the step and the last good checkpoint)."""
+    end, export/hf/ (a transformers BertForMaskedLM directory). Returns {'status': 'completed',
+    'preempted' (SIGTERM) or 'interrupted' (SIGINT; both saved a checkpoint first), 'step',
+    'total_steps', 'checkpoint', 'export', 'metrics' (last logged)}.
+    Raises ValueError / FileNotFoundError (bad input, before any compute; a config that differs
+    from the one that created `workdir`, except for the fields `allow_config_change` names: see
+    `ncjax.resume`) or FloatingPointError (non-finite loss or parameters, naming the step and the
+    last good checkpoint)."""
     workdir = Path(workdir).absolute()
     pc = config.parallel
     parallel.initialize_distributed(pc.distributed, pc.coordinator_address, pc.num_processes, pc.process_id)
@@ -238,166 +202,40 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     # one run per work directory: a second one stops at once, naming the holder
     with WorkdirLock(workdir, what="training run") if is_main else contextlib.nullcontext():
+        resume.check_identity(json.loads(config.to_json()), workdir, allow_config_change, write=is_main)
         return _run(config, workdir, model_src, mesh, is_main)
 
 
 def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, is_main: bool) -> dict[str, Any]:
     """The body of `train_and_evaluate` once the inputs are checked and the directory is held."""
-    tokenizer = convert.load_tokenizer(model_src)
-    model_config = convert.load_config(model_src.parent if model_src.is_file() else model_src)
-    if len(tokenizer) > model_config.vocab_size:
-        raise ValueError(f"the tokenizer of {config.model.path} has {len(tokenizer)} tokens but the model only "
-                         f"{model_config.vocab_size}; use the checkpoint's own tokenizer files.")
-    # The tokenised corpus: process 0 builds the cache, the others read it.
-    cache_dir = Path(config.data.cache_dir or workdir / "cache")
-    arrays = None
-    if is_main:
-        arrays = schemas.load(config.data, tokenizer, cache_dir=cache_dir,
-                              position_limit=model_config.max_position_embeddings)
-    parallel.sync("ncjax_corpus")
-    if arrays is None:
-        arrays = schemas.load(config.data, tokenizer, cache_dir=cache_dir,
-                              position_limit=model_config.max_position_embeddings)
+    tokenizer, model_config, arrays = _load_corpus(config, workdir, model_src, is_main)
     num_examples, length = arrays["input_ids"].shape[0], arrays["input_ids"].shape[-1]
-    heldout = _heldout(config, tokenizer, cache_dir, length, model_config.max_position_embeddings)
     sampler = data.Sampler(num_examples, config.train.batch_size, config.seed, jax.process_index(),
                            jax.process_count(), drop_remainder=config.data.remainder == "drop",
                            shuffle=config.data.shuffle)
     total_steps = config.train.num_steps or config.train.num_epochs * sampler.steps_per_epoch
     log.info("%d examples of %d tokens, %d steps per epoch, %d steps, %d devices, %d processes",
              num_examples, length, sampler.steps_per_epoch, total_steps, mesh.devices.size, jax.process_count())
-
-    model, model_config = convert.load_model(
-        model_src, init_missing_head=config.model.init_missing_head, seed=config.seed,
-        dtype=_DTYPES[config.model.dtype], remat=config.model.remat, overrides=_model_overrides(config.model),
-        **model_options(config.model),
-        untie_decoder=config.model.untie_decoder,
-    )
-    if config.model.head_source:
-        _replace_head(model, config.model.head_source, model_config)
-    graphdef, param_state = nnx.split(model)
-    params = nnx.to_pure_dict(param_state)
-    del model, param_state
-
-    setup = terms_lib.Setup(config=config, tokenizer=tokenizer, model_config=model_config, length=length,
-                            fields=tuple(arrays), workdir=workdir, is_main=is_main, graphdef=graphdef,
-                            params=params)
-    loss_terms = terms_lib.build(config, setup)
-    del setup
-    log.info("loss = %s", " + ".join(f"{t.weight:g} * {t.name}" for t in loss_terms))
-    schedule = step_lib.make_schedule(config.optim, total_steps)
-    tx = step_lib.make_optimizer(config.optim, schedule)
-    step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, terms=loss_terms,
-                                       dropout=config.model.dropout, dropout_rng=config.model.dropout_rng)
+    graphdef, model_config, step_fn, state = _build_step_and_state(config, workdir, model_src, tokenizer, arrays,
+                                                                   mesh, total_steps, is_main)
     # model FLOPs of a step (ncjax.flops counts what is computed: the MLM head at P positions a row)
     rows = config.train.batch_size * int(np.prod(arrays["input_ids"].shape[1:-1], dtype=np.int64))
     predictions = int(config.data.max_predictions_per_seq
                       or masking.default_max_predictions(length, config.data.mlm_probability))
-    step_flops = flops.train_step_flops(model_config, rows, length, predictions)
-    peak = flops.peak_flops(mesh.devices.flat[0].device_kind, config.model.dtype, config.log.peak_tflops)
-    state = step_lib.init_state(params, tx, mesh, loss_terms, seed=config.seed)
-    del params
-    log.info("train state initialised (%d parameters)", sum(x.size for x in jax.tree.leaves(state["params"])))
+    run = loop.Run(config=config, workdir=workdir, mesh=mesh, arrays=arrays, sampler=sampler,
+                   pad_id=tokenizer.pad_token_id or 0, total_steps=total_steps, step_fn=step_fn,
+                   step_flops=flops.train_step_flops(model_config, rows, length, predictions),
+                   peak=flops.peak_flops(mesh.devices.flat[0].device_kind, config.model.dtype,
+                                         config.log.peak_tflops),
+                   is_main=is_main,
+                   evaluate=_heldout_evaluator(config, workdir, tokenizer, model_config, graphdef, length),
+                   evaluate_every=config.heldout.every_steps if config.get("heldout") else 0)
 
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
                                          async_save=config.checkpoint.async_save)
     try:
-        position = 0
-        start = checkpointer.latest_step()
-        if start is not None:
-            try:
-                state, meta = checkpointer.restore(start, ckpt_lib.abstract_like(state))
-            except ValueError:  # orbax's message is a multi-line tree diff
-                raise ValueError(f"checkpoint {checkpointer.step_path(start)} holds a train state of another layout "
-                                 "(another recipe's loss terms or model, or an older ncjax); resume it with the "
-                                 "config it was written with, or use a new --workdir.") from None
-            position = int(meta["sampler_position"])
-            if meta.get("num_examples") != num_examples:
-                log.warning("the corpus now has %d examples, the checkpoint was written with %s; the data order "
-                            "after resuming differs from the original run", num_examples, meta.get("num_examples"))
-            log.info("resumed from %s (step %d)", checkpointer.step_path(start), start)
-        step = int(start or 0)
-
-        if is_main:
-            logs.write_json_atomic(workdir / "config.json", json.loads(config.to_json()))
-        progress = {"auto": None, "on": True, "off": False}[config.log.progress]
-
-        def meta_for(s: int, preempted: bool) -> dict:
-            return {
-                "step": s, "sampler_position": position, "epoch": position / sampler.steps_per_epoch,
-                "num_examples": num_examples, "total_steps": total_steps, "preempted": preempted,
-                "num_devices": int(mesh.devices.size), "num_processes": jax.process_count(),
-                "jax_version": jax.__version__, "config": json.loads(config.to_json()),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-
-        last_saved = start
-        last_logged: dict = {}
-        status = "completed"
-        with logs.MetricWriter(workdir, total_steps=total_steps, initial_step=step, enabled=is_main,
-                               tensorboard=config.log.tensorboard, progress=progress) as writer, \
-                _Preemption() as preemption:
-            pending: tuple[int, dict] | None = None
-            window = {"tokens": 0, "steps": 0, "t0": None}
-
-            def settle(item: tuple[int, dict]) -> None:
-                """Fetches one step's metrics, stops on a non-finite loss, logs on the interval."""
-                nonlocal last_logged
-                s, device_metrics = item
-                m = _host_metrics(device_metrics)
-                check_finite(s, m, checkpointer)
-                now = time.perf_counter()
-                if window["t0"] is None:  # the first step includes compilation: time from its end
-                    window["t0"] = now
-                else:
-                    window["tokens"] += m["tokens"]
-                    window["steps"] += 1
-                if s % config.train.log_every_steps == 0 or s in (1, total_steps):
-                    elapsed = now - window["t0"]
-                    m["tokens_per_s"] = window["tokens"] / elapsed if elapsed > 0 and window["tokens"] else 0.0
-                    if peak and window["steps"] and elapsed > 0:
-                        m["mfu"] = flops.mfu(step_flops, window["steps"] / elapsed, peak, mesh.devices.size)
-                    window.update(tokens=0, steps=0, t0=now)
-                    m["epoch"] = s / sampler.steps_per_epoch
-                    writer.write(s, m)
-                    last_logged = {"step": s, **m}
-                    log.info("step %d: %s", s, " ".join(f"{k} {v:.4f}" for k, v in _losses(m).items()))
-                writer.advance(s)
-
-            while step < total_steps:
-                local = data.gather_batch(arrays, sampler.indices(position), pad_id=tokenizer.pad_token_id or 0)
-                state, device_metrics = step_fn(state, parallel.global_batch(local, mesh))
-                step += 1
-                position += 1
-                if pending is not None:
-                    settle(pending)
-                pending = (step, device_metrics)
-                stop = preemption.requested or checkpointer.reached_preemption(step)
-                if step % config.checkpoint.every_steps == 0 or step == total_steps or stop:
-                    settle(pending)  # never save a state whose loss is not finite
-                    pending = None
-                    checkpointer.save(step, state, meta_for(step, stop and step < total_steps))
-                    last_saved = step
-                if heldout is not None and (step == total_steps or (
-                        config.heldout.every_steps and step % config.heldout.every_steps == 0)):
-                    if pending is not None:
-                        settle(pending)
-                        pending = None
-                    h = accuracy.masked_accuracy(
-                        graphdef, state["params"], heldout, special_ids=tuple(masking.special_token_ids(tokenizer)),
-                        mask_id=tokenizer.mask_token_id, vocab_size=model_config.vocab_size,
-                        probability=config.data.mlm_probability, batch_size=config.heldout.batch_size,
-                        seed=config.heldout.seed)
-                    writer.write(step, {"heldout/accuracy": h["accuracy"], "heldout/loss": h["loss"]})
-                    log.info("step %d: held-out masked accuracy %.4f, loss %.4f (%d tokens)", step, h["accuracy"],
-                             h["loss"], h["masked_tokens"])
-                if stop and step < total_steps:
-                    status = "preempted"
-                    break
-            if pending is not None:
-                settle(pending)
-        if last_saved != step:
-            checkpointer.save(step, state, meta_for(step, status == "preempted"))
+        start, state, position = _restore(checkpointer, state, num_examples)
+        status, step, state, last_logged = loop.train_steps(run, state, checkpointer, start, position)
     finally:
         # waits for a pending asynchronous save, also when the run stops on an error
         checkpointer.close()
@@ -424,3 +262,68 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
         "export": str(export) if export else None,
         "metrics": last_logged,
     }
+
+
+def _load_corpus(config: Any, workdir: Path, model_src: Path, is_main: bool) -> tuple[Any, Any, dict]:
+    """(tokenizer, model config, the tokenised training arrays); process 0 builds the corpus
+    cache, the others read it."""
+    tokenizer = convert.load_tokenizer(model_src)
+    model_config = convert.load_config(model_src.parent if model_src.is_file() else model_src)
+    if len(tokenizer) > model_config.vocab_size:
+        raise ValueError(f"the tokenizer of {config.model.path} has {len(tokenizer)} tokens but the model only "
+                         f"{model_config.vocab_size}; use the checkpoint's own tokenizer files.")
+    cache_dir = Path(config.data.cache_dir or workdir / "cache")
+    arrays = None
+    if is_main:
+        arrays = schemas.load(config.data, tokenizer, cache_dir=cache_dir,
+                              position_limit=model_config.max_position_embeddings)
+    parallel.sync("ncjax_corpus")
+    if arrays is None:
+        arrays = schemas.load(config.data, tokenizer, cache_dir=cache_dir,
+                              position_limit=model_config.max_position_embeddings)
+    return tokenizer, model_config, arrays
+
+
+def _build_step_and_state(config: Any, workdir: Path, model_src: Path, tokenizer: Any, arrays: dict,
+                          mesh: jax.sharding.Mesh, total_steps: int, is_main: bool) -> tuple[Any, Any, Any, Any]:
+    """(graphdef, model config, the jitted step, the initial train state): the model with its
+    head, the recipe's loss terms, the optimiser and schedule."""
+    model, model_config = convert.load_model(
+        model_src, init_missing_head=config.model.init_missing_head, seed=config.seed,
+        dtype=_DTYPES[config.model.dtype], remat=config.model.remat, overrides=_model_overrides(config.model),
+        **model_options(config.model),
+        untie_decoder=config.model.untie_decoder,
+    )
+    if config.model.head_source:
+        _replace_head(model, config.model.head_source, model_config)
+    graphdef, param_state = nnx.split(model)
+    params = nnx.to_pure_dict(param_state)
+    del model, param_state
+
+    setup = terms_lib.Setup(config=config, tokenizer=tokenizer, model_config=model_config,
+                            length=arrays["input_ids"].shape[-1], fields=tuple(arrays), workdir=workdir,
+                            is_main=is_main, graphdef=graphdef, params=params)
+    loss_terms = terms_lib.build(config, setup)
+    del setup
+    log.info("loss = %s", " + ".join(f"{t.weight:g} * {t.name}" for t in loss_terms))
+    schedule = step_lib.make_schedule(config.optim, total_steps)
+    tx = step_lib.make_optimizer(config.optim, schedule)
+    step_fn = step_lib.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=config.seed, terms=loss_terms,
+                                       dropout=config.model.dropout, dropout_rng=config.model.dropout_rng)
+    state = step_lib.init_state(params, tx, mesh, loss_terms, seed=config.seed)
+    log.info("train state initialised (%d parameters)", sum(x.size for x in jax.tree.leaves(state["params"])))
+    return graphdef, model_config, step_fn, state
+
+
+def _restore(checkpointer: ckpt_lib.Checkpointer, state: Any, num_examples: int) -> tuple[int | None, Any, int]:
+    """(start step or None, state, sampler position) from the newest readable, finite checkpoint
+    (damaged ones are moved aside), or the initial state when there is none."""
+    found = checkpointer.restore_latest(ckpt_lib.abstract_like(state))
+    if found is None:
+        return None, state, 0
+    start, state, meta = found
+    if meta.get("num_examples") != num_examples:
+        log.warning("the corpus now has %d examples, the checkpoint was written with %s; the data order "
+                    "after resuming differs from the original run", num_examples, meta.get("num_examples"))
+    log.info("resumed from %s (step %d)", checkpointer.step_path(start), start)
+    return start, state, int(meta["sampler_position"])

@@ -224,10 +224,13 @@ def test_resuming_another_recipes_checkpoint_fails_in_one_sentence(ase_reference
 
     workdir = tmp_path / "mixed"
     shutil.copytree(ase_reference / "checkpoints", workdir / "checkpoints")
-    with pytest.raises(ValueError, match=r"^checkpoint .*checkpoints/8 holds a train state of another layout "
-                                         r"\(another recipe's loss terms or model, or an older ncjax\); resume it "
-                                         r"with the config it was written with, or use a new --workdir\.$"):
+    # no config.json: the config recorded in the checkpoint is compared (before any compute)
+    with pytest.raises(ValueError, match=r"^.*mixed holds a run of a different config \(.* and \d+ more\); rerun "
+                                         r"with the config recorded in .*checkpoints \(config.json is missing\) "
+                                         r"or use a new --workdir\.$"):
         train_and_evaluate(tiny_config("bert_nc3", corpora, tiny_bert_dir), workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == sorted(
+        p.name for p in (ase_reference / "checkpoints").iterdir())
 
 
 # ----------------------------------------------------------------------------- Mabel (four views)

@@ -292,28 +292,37 @@ def test_sigkill_then_rerun_is_bit_identical(base_config, reference, tmp_path):
     assert "nc3" in _state(reference[0])[1]["terms"]  # the NC3 statistics were part of the comparison
 
 
-def test_sigterm_saves_and_exits_zero(base_config, tmp_path):
-    workdir = tmp_path / "term"
-    code = """
+SLOW_STEPS = """
 import ncjax.data as data
-from ncjax.train import train_and_evaluate
 gather = data.gather_batch
 def slow_gather(*args, **kwargs):  # keeps the run going long enough to be signalled mid-way
     time.sleep(0.25)
     return gather(*args, **kwargs)
 data.gather_batch = slow_gather
+"""
+
+
+def signal_after_steps(proc: subprocess.Popen, workdir: Path, steps: int, signum: int) -> str:
+    """Sends `signum` to a training subprocess once it has logged `steps` steps; returns its output."""
+    metrics = workdir / "metrics.jsonl"
+    t = time.time()
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= steps):
+        assert proc.poll() is None and time.time() - t < 240, proc.log_path.read_text()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    return _finish(proc, 120)
+
+
+def test_sigterm_saves_and_exits_zero(base_config, tmp_path):
+    workdir = tmp_path / "term"
+    code = SLOW_STEPS + """
+from ncjax.train import train_and_evaluate
 result = train_and_evaluate(config, workdir)
 print("RESULT", json.dumps(result))
 sys.exit(0 if result["status"] in ("completed", "preempted") else 3)
 """
     proc = _subprocess(code, base_config, workdir)
-    metrics = workdir / "metrics.jsonl"
-    t = time.time()
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.time() - t < 240, proc.log_path.read_text()[-3000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out = _finish(proc, 120)
+    out = signal_after_steps(proc, workdir, 3, signal.SIGTERM)
     assert proc.returncode == 0, out[-3000:]
     result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert result["status"] == "preempted" and 3 <= result["step"] < STEPS
