@@ -22,6 +22,9 @@ HF_CONFIGS = {
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
         max_position_embeddings=40, type_vocab_size=1, pad_token_id=PAD, bos_token_id=0, eos_token_id=2,
         layer_norm_eps=1e-5, hidden_act="gelu")),
+    "distilbert": ("DistilBertConfig", "DistilBertForMaskedLM", dict(
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40,
+        pad_token_id=PAD, activation="gelu")),
 }
 
 
