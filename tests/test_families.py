@@ -16,7 +16,7 @@ pytestmark = pytest.mark.torch
 
 VOCAB, PAD = 99, 1
 
-# Tiny transformers configs, one per family (hidden 32, 2 layers, 4 heads).
+# Tiny transformers configs, one per family (hidden 32, 4 heads).
 HF_CONFIGS = {
     "roberta": ("RobertaConfig", "RobertaForMaskedLM", dict(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -25,6 +25,11 @@ HF_CONFIGS = {
     "distilbert": ("DistilBertConfig", "DistilBertForMaskedLM", dict(
         vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40,
         pad_token_id=PAD, activation="gelu")),
+    # 4 layers from 2 groups of 2 shared layers each, embeddings of 16 projected to 32
+    "albert": ("AlbertConfig", "AlbertForMaskedLM", dict(
+        vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2,
+        inner_group_num=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=40,
+        pad_token_id=PAD, hidden_act="gelu_new")),
 }
 
 
@@ -78,6 +83,9 @@ def test_safetensors_and_bin_match_pytorch(saved):
     from_bin, _ = load_model(pt)
     a, b = params_to_hf(model), params_to_hf(from_bin)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+    if name == "albert":  # shared layers: the scanned encoder stacks the schedule [0, 1, 0, 1, 2, 3, 2, 3]
+        assert model.schedule == (0, 1, 0, 1, 2, 3, 2, 3) and len(model.layers) == 4
+        _check(load_model(st, scan_layers=True)[0], ref)
 
 
 def test_export_round_trip_is_bit_exact_and_loads_in_transformers(saved, tmp_path):
