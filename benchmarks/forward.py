@@ -1,6 +1,7 @@
 """Forward and forward+backward throughput: ncjax BertForMaskedLM vs transformers (PyTorch).
 
-Both run the same random bert-base-shaped weights (ncjax's are copied into the PyTorch model)
+Both run the same random base-shaped weights of one model family (--family bert or roberta; the
+PyTorch side is that family's transformers class; ncjax's weights are copied into it)
 on the same batch in one process, in float32, and report tokens/s and the ncjax / PyTorch ratio.
 Forward+backward is the gradient of the mean-squared MLM logits with respect to all parameters,
 with logits at every position in both (the same work). A third ncjax row computes logits only at
@@ -9,6 +10,7 @@ cap of P predictions a row (`default_max_predictions`, e.g. 36 of 128), the head
 
     python benchmarks/forward.py                 # bert-base shape, batch 8 x 128
     python benchmarks/forward.py --layers 2      # quicker smoke run
+    python benchmarks/forward.py --family roberta  # roberta-base shape (vocabulary 50265)
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from ncjax import masking  # noqa: E402
+from ncjax import families, masking  # noqa: E402
 from ncjax.convert import params_to_hf  # noqa: E402
 from ncjax.model import BertConfig, BertForMaskedLM  # noqa: E402
+
+
+# The base checkpoints' shapes where they differ from BertConfig's defaults (bert-base).
+FAMILY_SHAPES = {
+    "bert": {},
+    "roberta": dict(model_type="roberta", vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
+                    pad_token_id=1, layer_norm_eps=1e-5),
+}
 
 
 def timeit(fn, repeats: int) -> float:
@@ -49,6 +59,7 @@ def main() -> None:
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--family", default="bert", choices=tuple(FAMILY_SHAPES), help="model family (default: bert)")
     p.add_argument("--torch-device", default="cpu", help="cpu or cuda; on a GPU both sides use TF32 matmuls")
     args = p.parse_args()
 
@@ -61,7 +72,8 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    cfg = BertConfig(num_hidden_layers=args.layers, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(num_hidden_layers=args.layers, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     **FAMILY_SHAPES[args.family])
     model = BertForMaskedLM(cfg, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     rng = np.random.default_rng(0)
@@ -83,14 +95,16 @@ def main() -> None:
     grad_pos = jax.jit(jax.value_and_grad(loss))
     xs = [jnp.asarray(a) for a in (ids, mask, types)]
 
-    hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"})
+    hf_dict = cfg.to_hf_dict()
+    hf_cfg = transformers.AutoConfig.for_model(hf_dict.pop("model_type"), **hf_dict)
     hf_cfg.attn_implementation = "sdpa"
-    torch_model = transformers.BertForMaskedLM(hf_cfg)
+    torch_model = transformers.AutoModelForMaskedLM.from_config(hf_cfg)
     sd = {k: torch.from_numpy(np.array(v)) for k, v in params_to_hf(model).items()}
     torch_model.load_state_dict(sd, strict=False)
     torch_model.to(dev).train()  # dropout probabilities are 0, so train mode equals eval numerics
     t_in = {k: torch.from_numpy(v.astype(np.int64)).to(dev)
-            for k, v in (("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types))}
+            for k, v in (("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types))
+            if k != "token_type_ids" or families.get(args.family).token_types}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     with torch.no_grad():
@@ -120,7 +134,7 @@ def main() -> None:
     print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} devices={jax.devices()}")
     print(f"versions: jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}; torch threads {torch.get_num_threads()}")
-    print(f"shape: layers={args.layers} hidden={cfg.hidden_size} vocab={cfg.vocab_size} batch={args.batch}x{args.length}"
+    print(f"shape: family={args.family} layers={args.layers} hidden={cfg.hidden_size} vocab={cfg.vocab_size} batch={args.batch}x{args.length}"
           f" float32; max |logit diff| = {err:.2e}")
     print("| pass | ncjax tokens/s | PyTorch tokens/s | ratio |")
     print("|---|---|---|---|")

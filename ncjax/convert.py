@@ -3,11 +3,12 @@
 Reading needs numpy and safetensors only (torch only for `pytorch_model.bin`). Accepted sources:
 a local directory, a single weight file (its directory supplies `config.json`), an ncjax
 parameter checkpoint (written by `save_ncjax`), or a hub id resolved through `huggingface_hub`.
-Weight layouts: `model.safetensors`, sharded `model.safetensors.index.json`, `pytorch_model.bin`,
+Every model family (`ncjax.families`) converts through its own name map. Weight layouts:
+`model.safetensors`, sharded `model.safetensors.index.json`, `pytorch_model.bin`,
 `flax_model.msgpack` (the transformers-4.x FlaxBert layout), and legacy names
 (`LayerNorm.gamma/beta`, `position_ids` buffers, pooler and NSP heads, an explicit decoder
 weight and bias, which must equal the word embeddings and the prediction bias). Encoder-only
-checkpoints (`BertModel`, no `cls.` keys) load only with `init_missing_head=True`.
+checkpoints (`BertModel` and the like, no head keys) load only with `init_missing_head=True`.
 
 Writing produces the transformers-5 layout: `model.safetensors` with `{"format": "pt"}`
 metadata, `config.json` and the tokenizer files, into a temporary sibling directory that is
@@ -24,12 +25,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ncjax import families
 from ncjax.model import BertConfig, BertForMaskedLM
 from ncjax.weights import (  # noqa: F401  (minilm_dir and resolve_source are part of this API)
     NCJAX_MARKER,
@@ -42,63 +44,18 @@ from ncjax.weights import (  # noqa: F401  (minilm_dir and resolve_source are pa
 log = logging.getLogger(__name__)
 
 
-# Keys that carry no parameters of a masked LM: dropped with a log line.
+# Keys that carry no parameters of a masked LM: dropped with a log line (plus each family's
+# pooler and pre-training heads, `Family.ignored_prefixes`).
 _IGNORED_SUFFIXES = ("embeddings.position_ids",)
-_IGNORED_PREFIXES = ("bert.pooler.", "cls.seq_relationship.")
-
-
-# ----------------------------------------------------------------------------- the name map
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return x
-
-
-def _transpose(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.T)
-
-
 _WORD_PATH = ("embeddings", "word", "embedding")
+_transpose = families.transpose
+name_map = families.name_map  # part of this module's API
 
 
-def name_map(config: BertConfig) -> list[tuple[tuple[Any, ...], str, Callable, Callable]]:
-    """Rows (ncjax state path, HF key, HF->ncjax hook, ncjax->HF hook) for every parameter."""
-    rows: list[tuple[tuple[Any, ...], str, Callable, Callable]] = []
-
-    def linear(path, hf):
-        rows.append((path + ("kernel",), hf + ".weight", _transpose, _transpose))
-        rows.append((path + ("bias",), hf + ".bias", _identity, _identity))
-
-    def norm(path, hf):
-        rows.append((path + ("scale",), hf + ".weight", _identity, _identity))
-        rows.append((path + ("bias",), hf + ".bias", _identity, _identity))
-
-    def embed(path, hf):
-        rows.append((path + ("embedding",), hf + ".weight", _identity, _identity))
-
-    embed(("embeddings", "word"), "bert.embeddings.word_embeddings")
-    embed(("embeddings", "position"), "bert.embeddings.position_embeddings")
-    embed(("embeddings", "token_type"), "bert.embeddings.token_type_embeddings")
-    norm(("embeddings", "norm"), "bert.embeddings.LayerNorm")
-    for i in range(config.num_hidden_layers):
-        p, hf = ("layers", i), f"bert.encoder.layer.{i}"
-        linear(p + ("query",), hf + ".attention.self.query")
-        linear(p + ("key",), hf + ".attention.self.key")
-        linear(p + ("value",), hf + ".attention.self.value")
-        linear(p + ("attention_out",), hf + ".attention.output.dense")
-        norm(p + ("attention_norm",), hf + ".attention.output.LayerNorm")
-        linear(p + ("intermediate",), hf + ".intermediate.dense")
-        linear(p + ("output",), hf + ".output.dense")
-        norm(p + ("output_norm",), hf + ".output.LayerNorm")
-    linear(("head", "dense"), "cls.predictions.transform.dense")
-    norm(("head", "norm"), "cls.predictions.transform.LayerNorm")
-    rows.append((("head", "bias"), "cls.predictions.bias", _identity, _identity))
-    return rows
-
-
-def _normalise_key(key: str) -> str:
-    """Legacy and encoder-only spellings -> the transformers-5 BertForMaskedLM key."""
-    if not key.startswith(("bert.", "cls.")):
-        key = "bert." + key  # BertModel checkpoints have no "bert." prefix
+def _normalise_key(key: str, fam: families.Family) -> str:
+    """Legacy and encoder-only spellings -> the transformers-5 masked-LM key of the family."""
+    if not key.startswith((fam.prefix, *fam.head_prefixes)):
+        key = fam.prefix + key  # encoder-only checkpoints (BertModel, ...) have no prefix
     if key.endswith(".gamma"):
         key = key[: -len(".gamma")] + ".weight"
     elif key.endswith(".beta"):
@@ -107,6 +64,27 @@ def _normalise_key(key: str) -> str:
 
 
 # ----------------------------------------------------------------------------- HF -> ncjax
+
+def _tie_decoder(named: dict[str, np.ndarray], fam: families.Family, source: str) -> None:
+    """Drops an explicit decoder weight and bias after checking they equal the word embeddings and
+    the prediction bias (ncjax ties them), in place."""
+    word_key = fam.embeddings["word"] + ".weight"
+    weight_key, bias_key = fam.decoder_keys
+    decoder_w = named.pop(weight_key, None)
+    if decoder_w is not None and word_key in named:
+        if decoder_w.shape != named[word_key].shape or not np.array_equal(decoder_w, named[word_key]):
+            raise ValueError(
+                f"{source}: {weight_key} differs from {word_key}; "
+                "ncjax ties them, so this checkpoint's untied decoder cannot be represented."
+            )
+    if bias_key == fam.head["bias"]:  # DistilBERT: the decoder's bias is the prediction bias
+        return
+    decoder_b = named.pop(bias_key, None)
+    if decoder_b is not None:
+        bias = named.setdefault(fam.head["bias"], decoder_b)
+        if not np.array_equal(bias, decoder_b):
+            raise ValueError(f"{source}: {bias_key} differs from {fam.head['bias']}; they must be one tensor.")
+
 
 def hf_to_params(
     tensors: dict[str, np.ndarray],
@@ -119,45 +97,31 @@ def hf_to_params(
     """HF-named tensors -> {ncjax state path: float32 array}, checking names and shapes.
 
     `fallback` supplies initialised values used for the MLM head when `init_missing_head`."""
+    fam = families.get(config.model_type)
     named = {}
     for key, value in tensors.items():
-        norm = _normalise_key(key)
+        norm = _normalise_key(key, fam)
         if norm in named:
             raise ValueError(f"{source} holds {key} twice (as {norm}); remove the duplicate.")
         named[norm] = value
-    ignored = [k for k in named if k.endswith(_IGNORED_SUFFIXES) or k.startswith(_IGNORED_PREFIXES)]
+    ignored = [k for k in named if k.endswith(_IGNORED_SUFFIXES) or k.startswith(fam.ignored_prefixes)]
     for key in ignored:
         del named[key]
     if ignored:
         log.info("%s: ignoring %s (not part of a masked LM)", source, ", ".join(ignored))
+    _tie_decoder(named, fam, source)
 
     rows = name_map(config)
-    word_key = "bert.embeddings.word_embeddings.weight"
-    decoder_w = named.pop("cls.predictions.decoder.weight", None)
-    if decoder_w is not None and word_key in named:
-        if decoder_w.shape != named[word_key].shape or not np.array_equal(decoder_w, named[word_key]):
-            raise ValueError(
-                f"{source}: cls.predictions.decoder.weight differs from bert.embeddings.word_embeddings.weight; "
-                "ncjax ties them, so this checkpoint's untied decoder cannot be represented."
-            )
-    decoder_b = named.pop("cls.predictions.decoder.bias", None)
-    if decoder_b is not None:
-        bias = named.setdefault("cls.predictions.bias", decoder_b)
-        if not np.array_equal(bias, decoder_b):
-            raise ValueError(
-                f"{source}: cls.predictions.decoder.bias differs from cls.predictions.bias; they must be one tensor."
-            )
-
     known = {hf for _, hf, _, _ in rows}
     unknown = sorted(set(named) - known)
     if unknown:
         raise ValueError(
             f"{source} has keys ncjax does not know: {', '.join(unknown[:8])}"
-            f"{' ...' if len(unknown) > 8 else ''}; is this a BertForMaskedLM checkpoint?"
+            f"{' ...' if len(unknown) > 8 else ''}; is this a {fam.architecture} checkpoint?"
         )
     missing = [hf for _, hf, _, _ in rows if hf not in named]
-    head_missing = [k for k in missing if k.startswith("cls.")]
-    other_missing = [k for k in missing if not k.startswith("cls.")]
+    head_missing = [k for k in missing if k.startswith(fam.head_prefixes)]
+    other_missing = [k for k in missing if not k.startswith(fam.head_prefixes)]
     if other_missing:
         raise ValueError(f"{source} is missing {', '.join(other_missing[:8])}; the checkpoint is incomplete.")
     if head_missing and not init_missing_head:
@@ -165,9 +129,8 @@ def hf_to_params(
             f"{source} has no MLM head ({', '.join(head_missing[:3])} ...); it is an encoder-only checkpoint: "
             "pass init_missing_head=True (--init-missing-head) to initialise a fresh head."
         )
-    if head_missing and len(head_missing) != sum(hf.startswith("cls.") for _, hf, _, _ in rows):
+    if head_missing and len(head_missing) != sum(hf.startswith(fam.head_prefixes) for _, hf, _, _ in rows):
         raise ValueError(f"{source} has a partial MLM head: {', '.join(head_missing)} missing.")
-
     params = {}
     for path, hf, to_ncjax, to_hf in rows:
         if hf not in named:
@@ -209,7 +172,7 @@ def model_params(model: BertForMaskedLM) -> dict[tuple[Any, ...], np.ndarray]:
 def load_config(directory: Path) -> BertConfig:
     file = directory / "config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{directory} has no config.json; a BERT checkpoint directory needs one.")
+        raise FileNotFoundError(f"{directory} has no config.json; a checkpoint directory needs one.")
     try:
         return BertConfig.from_json(file)
     except json.JSONDecodeError as e:
@@ -227,7 +190,7 @@ def load_model(
     untie_decoder: bool = False,
     **options: Any,
 ) -> tuple[BertForMaskedLM, BertConfig]:
-    """Loads a BERT masked LM from a HF directory, weight file, ncjax checkpoint or hub id.
+    """Loads a masked LM of any family (`ncjax.families`) from a HF directory, weight file, ncjax checkpoint or hub id.
 
     With `init_missing_head`, an encoder-only checkpoint gets a fresh MLM head initialised as
     transformers does (normal(0.02) dense, unit LayerNorm, zero bias) from `seed`. `overrides`
@@ -255,7 +218,7 @@ def load_model(
     return model, config
 
 
-POOLER_KEYS = ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
+POOLER_KEYS = ("bert.pooler.dense.weight", "bert.pooler.dense.bias")  # BERT's; other families: their prefix
 
 
 def load_pooler(src: str | os.PathLike) -> dict[str, np.ndarray] | None:
@@ -265,29 +228,33 @@ def load_pooler(src: str | os.PathLike) -> dict[str, np.ndarray] | None:
     The masked LM ignores the pooler; sequence-classification heads start from it. ncjax
     parameter checkpoints hold no pooler (None)."""
     path = resolve_source(src)
-    _, weights = config_dir_and_weights(path)
+    directory, weights = config_dir_and_weights(path)
     if weights is None:
         return None
-    named = {_normalise_key(k): v for k, v in read_weights(weights).items()}
-    found = [k for k in POOLER_KEYS if k in named]
+    fam = families.get(load_config(directory).model_type)
+    keys = tuple(fam.prefix + k.split(".", 1)[1] for k in POOLER_KEYS)
+    named = {_normalise_key(k, fam): v for k, v in read_weights(weights).items()}
+    found = [k for k in keys if k in named]
     if not found:
         return None
-    if len(found) != len(POOLER_KEYS):
-        raise ValueError(f"{weights} has {found[0]} but not {set(POOLER_KEYS) - set(found)}; the pooler is incomplete.")
-    w, b = (np.asarray(named[k], np.float32) for k in POOLER_KEYS)
+    if len(found) != len(keys):
+        raise ValueError(f"{weights} has {found[0]} but not {set(keys) - set(found)}; the pooler is incomplete.")
+    w, b = (np.asarray(named[k], np.float32) for k in keys)
     if w.ndim != 2 or w.shape[0] != w.shape[1] or b.shape != (w.shape[0],):
         raise ValueError(f"{weights}: pooler shapes {w.shape} and {b.shape} are not [hidden, hidden] and [hidden].")
     return {"kernel": _transpose(w), "bias": b}
 
 
 def load_tokenizer(src: str | os.PathLike):
-    """A transformers fast BERT tokenizer from a model directory's tokenizer files or vocab.txt."""
+    """A transformers fast tokenizer from a model directory's tokenizer files (tokenizer.json, or a
+    family's own files through tokenizer_config.json), or a bare WordPiece vocab.txt."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
     path = resolve_source(src)
     directory = path.parent if path.is_file() else path
-    if not any((directory / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
-        raise FileNotFoundError(f"{directory} has no tokenizer files (vocab.txt or tokenizer.json); copy them there.")
+    if not any((directory / f).is_file() for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{directory} has no tokenizer files (tokenizer.json, tokenizer_config.json or "
+                                "vocab.txt); copy them there.")
     if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(directory))
     # transformers 5 reads a plain vocabulary through `vocab=` (it ignores `vocab_file=`).
@@ -297,7 +264,7 @@ def load_tokenizer(src: str | os.PathLike):
 # ----------------------------------------------------------------------------- ncjax -> HF
 
 def params_to_hf(model: BertForMaskedLM) -> dict[str, np.ndarray]:
-    """{HF key: contiguous float32 numpy array} in the transformers-5 BertForMaskedLM layout.
+    """{HF key: contiguous float32 numpy array} in the transformers-5 masked-LM layout of the family.
 
     An untied model is tied back the way MABEL's conversion did it: that script loads the
     trained decoder into the tied head of a BertForMaskedLM, which overwrites the shared word
@@ -360,7 +327,8 @@ def save_hf(
     tokenizer_src: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes a transformers-5 `BertForMaskedLM` directory (weights, config, tokenizer) atomically."""
+    """Writes a transformers-5 masked-LM directory of the model's family (weights, config,
+    tokenizer) atomically."""
     from safetensors.numpy import save_file
 
     dst = Path(dst)

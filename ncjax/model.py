@@ -1,8 +1,9 @@
-"""A Flax NNX BERT masked language model with Hugging Face-identical numerics.
+"""A Flax NNX masked language model with Hugging Face-identical numerics, for every family.
 
-`BertForMaskedLM` computes what `transformers.BertForMaskedLM` computes for any `BertConfig`
-(absolute position embeddings, token types, exact GELU, LayerNorm epsilon from the config), with
-the decoder tied to the word embeddings through `Embed.attend` plus its own bias. One call returns
+`BertForMaskedLM` computes what transformers' masked LM of the config's `model_type` computes
+(`BertForMaskedLM`, `RobertaForMaskedLM`, `DistilBertForMaskedLM`, `AlbertForMaskedLM`; see
+`ncjax.families` for what differs), with the decoder tied to the word embeddings plus its own
+bias. The building blocks live in `ncjax.layers`. One call returns
 the three things the rest of ncjax reads: MLM logits (at every position, or only at the
 positions given, because the decoder dominates a small model's cost), the last encoder layer,
 and the MLM-transform output that multiplies the decoder weight.
@@ -37,25 +38,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ncjax import mixed
+from ncjax import families, mixed
+from ncjax.layers import _ACTIVATIONS, Embeddings, Layer, MLMHead, _dropout, _split  # noqa: F401
 
 Array = jax.Array
 
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_python": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """The architecture fields of a Hugging Face `BertConfig` (same names, same defaults)."""
+    """The architecture fields of a Hugging Face `BertConfig` (same names, same defaults), shared
+    by every family: `model_type` names the family; `embedding_size` (ALBERT's factorised
+    embeddings; None: hidden_size), `num_hidden_groups` and `inner_group_num` (ALBERT's shared
+    layers) are used by ALBERT only. DistilBERT's names are translated on reading and writing."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -70,8 +63,13 @@ class BertConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    model_type: str = "bert"
+    embedding_size: int | None = None
+    num_hidden_groups: int = 1
+    inner_group_num: int = 1
 
     def __post_init__(self):
+        families.get(self.model_type)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
@@ -84,10 +82,11 @@ class BertConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> "BertConfig":
-        """Builds the config from a Hugging Face config dict; unrelated keys are ignored."""
-        model_type = d.get("model_type", "bert")
-        if model_type != "bert":
-            raise ValueError(f"config model_type is {model_type!r}; ncjax loads BERT checkpoints only.")
+        """Builds the config from a Hugging Face config dict of any family; unrelated keys are ignored."""
+        fam = families.get(d.get("model_type", "bert"))
+        d = {**fam.config_in(d), "model_type": fam.model_type}
+        if not fam.factorised:
+            d = {k: v for k, v in d.items() if k not in ("embedding_size", "num_hidden_groups", "inner_group_num")}
         pet = d.get("position_embedding_type", "absolute")
         if pet != "absolute":
             raise ValueError(
@@ -102,18 +101,24 @@ class BertConfig:
         with open(path, encoding="utf-8") as f:
             return cls.from_hf_dict(json.load(f))
 
+    @property
+    def max_tokens(self) -> int:
+        """The longest input the position table allows (RoBERTa's ids start at pad + 1)."""
+        if families.get(self.model_type).padding_positions:
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
+
     def to_hf_dict(self) -> dict[str, Any]:
-        """A `config.json` dict that transformers reads as a `BertForMaskedLM`."""
+        """A `config.json` dict that transformers reads as the family's masked LM."""
+        fam = families.get(self.model_type)
         d = dataclasses.asdict(self)
-        d.update(
-            architectures=["BertForMaskedLM"],
-            model_type="bert",
-            position_embedding_type="absolute",
-            classifier_dropout=None,
-            use_cache=True,
-            tie_word_embeddings=True,
-        )
-        return dict(sorted(d.items()))
+        if not fam.factorised:
+            for k in ("embedding_size", "num_hidden_groups", "inner_group_num"):
+                del d[k]
+        d.update(architectures=[fam.architecture], tie_word_embeddings=True)
+        if fam.model_type != "distilbert":
+            d.update(position_embedding_type="absolute", classifier_dropout=None)
+        return dict(sorted(fam.config_out(d).items()))
 
 
 class MaskedLMOutput(NamedTuple):
@@ -134,130 +139,6 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-def _dropout(x: Array, rate: float, key: Array | None) -> Array:
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-
-def _split(key: Array | None, n: int) -> list[Array | None]:
-    if key is None:
-        return [None] * n
-    return list(jax.random.split(key, n))
-
-
-class _LayerNorm(nnx.Module):
-    """LayerNorm whose statistics are computed in float32 whatever the compute dtype."""
-
-    def __init__(self, features: int, eps: float, dtype: Any):
-        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
-        self.eps = eps
-        self.dtype = dtype
-
-    def __call__(self, x: Array) -> Array:
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
-
-
-def _dense(cfg: BertConfig, n_in: int, n_out: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
-        n_in,
-        n_out,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nnx.initializers.normal(cfg.initializer_range),
-        bias_init=nnx.initializers.zeros_init(),
-        rngs=rngs,
-    )
-
-
-class Embeddings(nnx.Module):
-    def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(cfg.initializer_range)
-        emb = lambda n: nnx.Embed(  # noqa: E731
-            n, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32, embedding_init=init, rngs=rngs
-        )
-        self.word = emb(cfg.vocab_size)
-        # transformers zeroes the padding row at initialisation; do the same.
-        self.word.embedding[...] = self.word.embedding[...].at[cfg.pad_token_id].set(0.0)
-        self.position = emb(cfg.max_position_embeddings)
-        self.token_type = emb(cfg.type_vocab_size)
-        self.norm = _LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype)
-        self.rate = cfg.hidden_dropout_prob
-
-    def __call__(self, input_ids, token_type_ids, key) -> Array:
-        """[batch, length] ids -> [batch, length, hidden] in the compute dtype. Rows are gathered
-        from the float32 tables and summed in float32 (the LayerNorm input)."""
-        length = input_ids.shape[1]
-        h = (jnp.take(self.word.embedding[...], input_ids, axis=0)
-             + jnp.take(self.token_type.embedding[...], token_type_ids, axis=0)
-             + self.position.embedding[...][None, :length])
-        return _dropout(self.norm(h), self.rate, key)
-
-
-class Layer(nnx.Module):
-    """One post-LayerNorm transformer block, as `transformers.models.bert.BertLayer`."""
-
-    def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs, attention: str = "auto",
-                 attention_impl: str | None = None, attention_dropout: float | None = None):
-        h, i = cfg.hidden_size, cfg.intermediate_size
-        self.query = _dense(cfg, h, h, dtype, rngs)
-        self.key = _dense(cfg, h, h, dtype, rngs)
-        self.value = _dense(cfg, h, h, dtype, rngs)
-        self.attention_out = _dense(cfg, h, h, dtype, rngs)
-        self.attention_norm = _LayerNorm(h, cfg.layer_norm_eps, dtype)
-        self.intermediate = _dense(cfg, h, i, dtype, rngs)
-        self.output = _dense(cfg, i, h, dtype, rngs)
-        self.output_norm = _LayerNorm(h, cfg.layer_norm_eps, dtype)
-        self.heads = cfg.num_attention_heads
-        self.act = cfg.hidden_act
-        self.hidden_rate = cfg.hidden_dropout_prob
-        self.attention_rate = cfg.attention_probs_dropout_prob if attention_dropout is None else attention_dropout
-        self.attention = attention
-        self.attention_impl = attention_impl
-
-    def __call__(self, x: Array, mask: Array, key: Array | None) -> Array:
-        """x: [batch, length, hidden]; mask: [batch, 1, 1, length] bool, True where attended."""
-        k_probs, k_attn, k_out = _split(key, 3)
-        b, length, hidden = x.shape
-        d = hidden // self.heads
-        split = lambda t: t.reshape(b, length, self.heads, d)  # noqa: E731
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        if self.attention == "auto" and (k_probs is None or self.attention_rate == 0.0):
-            ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
-        else:
-            scores = mixed.f32_einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(d))
-            # Additive mask as transformers builds it: 0 where attended, float32 min where padded.
-            probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min), axis=-1)
-            probs = _dropout(probs.astype(x.dtype), self.attention_rate, k_probs)
-            ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        ctx = ctx.reshape(b, length, hidden)
-        a = self.attention_norm(_dropout(self.attention_out(ctx), self.hidden_rate, k_attn) + x)
-        f = self.output(_ACTIVATIONS[self.act](self.intermediate(a)))
-        return self.output_norm(_dropout(f, self.hidden_rate, k_out) + a)
-
-
-class MLMHead(nnx.Module):
-    """The prediction-head transform (dense, activation, LayerNorm) and the decoder bias.
-    The decoder weight is the word-embedding matrix (tied), applied in `BertForMaskedLM.decode`,
-    unless `decoder` ([vocab, hidden], set by `BertForMaskedLM.untie`) holds a separate one."""
-
-    def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs):
-        self.dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, dtype, rngs)
-        self.norm = _LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype)
-        self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
-        self.decoder: nnx.Param | None = None
-        self.act = cfg.hidden_act
-
-    def transform(self, h: Array) -> Array:
-        return self.norm(_ACTIVATIONS[self.act](self.dense(h)))
 
 
 class BertForMaskedLM(nnx.Module):
@@ -296,7 +177,8 @@ class BertForMaskedLM(nnx.Module):
         self.scan_layers = scan_layers
         self.embeddings = Embeddings(config, dtype, rngs)
         self.layers = nnx.List([Layer(config, dtype, rngs, attention, attention_impl, attention_dropout)
-                                for _ in range(config.num_hidden_layers)])
+                                for _ in range(families.num_layer_modules(config))])
+        self.schedule = tuple(families.layer_schedule(config))  # the layer applied at each depth
         self.head = MLMHead(config, dtype, rngs)
         if untie_decoder:
             self.untie()
@@ -313,20 +195,21 @@ class BertForMaskedLM(nnx.Module):
         return self.head.decoder is not None
 
     def word_embeddings(self) -> Array:
-        """W: [vocab, hidden] float32, the input word embeddings (the tied decoder weight)."""
+        """W: [vocab, embedding] float32, the input word embeddings (the tied decoder weight)."""
         return self.embeddings.word.embedding[...]
 
     def decoder_weight(self) -> Array:
-        """[vocab, hidden] float32: the matrix the MLM logits multiply (the untied decoder when
+        """[vocab, embedding] float32: the matrix the MLM logits multiply (the untied decoder when
         the model has one, the word embeddings otherwise); NC3's W[c] are its rows."""
         return self.head.decoder[...] if self.untied else self.word_embeddings()
 
     def mlm_transform(self, h: Array) -> Array:
-        """[..., hidden] last-layer features -> [..., hidden] decoder input."""
+        """[..., hidden] last-layer features -> [..., embedding] decoder input (embedding = hidden
+        except for ALBERT)."""
         return self.head.transform(h)
 
     def decode(self, h: Array) -> Array:
-        """[..., hidden] decoder input -> [..., vocab] float32 logits (h W^T + bias)."""
+        """[..., embedding] decoder input -> [..., vocab] float32 logits (h W^T + bias)."""
         w = self.decoder_weight().astype(self.dtype)  # the one cast of the table per use
         return mixed.f32_einsum("...h,vh->...v", h.astype(self.dtype), w) + self.head.bias[...]
 
@@ -345,7 +228,7 @@ class BertForMaskedLM(nnx.Module):
             attention_mask = jnp.ones((b, length), jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((b, length), jnp.int32)
-        n = self.config.num_hidden_layers
+        n = len(self.schedule)
         keys = None if dropout_key is None else jax.random.split(dropout_key, n + 1)
         h = self.embeddings(input_ids, jnp.asarray(token_type_ids, jnp.int32), None if keys is None else keys[0])
         mask = jnp.asarray(attention_mask)[:, None, None, :] > 0
@@ -353,7 +236,8 @@ class BertForMaskedLM(nnx.Module):
         if self.scan_layers:
             return self._scan(h, mask, layer_keys)
         policy = REMAT_POLICIES[self.remat_policy]
-        for i, layer in enumerate(self.layers):
+        for i, j in enumerate(self.schedule):
+            layer = self.layers[j]
             key = None if layer_keys is None else layer_keys[i]
             if self.remat:
                 h = nnx.remat(lambda m, x, mm, kk: m(x, mm, kk), policy=policy)(layer, h, mask, key)
@@ -365,7 +249,8 @@ class BertForMaskedLM(nnx.Module):
         """The layers as one `jax.lax.scan` over their parameters stacked on a leading axis
         (stacked per call, so the parameter tree and checkpoints keep one entry per layer)."""
         graphdef, _ = nnx.split(self.layers[0])
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.split(layer)[1] for layer in self.layers])
+        states = [nnx.split(layer)[1] for layer in self.layers]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[states[j] for j in self.schedule])
 
         def body(x, xs):
             state, key = xs

@@ -3,10 +3,16 @@
 A `WordSet` is a name plus one or more sides of words (the bundled gender sets have a
 'female' and a 'male' side). `resolve(word_set, tokenizer, policy)` maps it to token ids:
 
-- `first_piece` (what the paper's released code did): each word maps to the first WordPiece
-  of its tokenisation. Words split into several pieces are represented by a piece that is
+- `first_piece` (what the paper's released code did): each word maps to the first piece of
+  its tokenisation. Words split into several pieces are represented by a piece that is
   often generic (`and` from androgen, `to` from toque); the report lists them as `partial`.
 - `whole_word`: only words that are a single token are kept; the rest are reported dropped.
+
+Words are tokenised as they occur inside running text, after a space (' ' + word), so the piece
+is the one the model sees there, whatever the tokenizer family (docs/words.md): WordPiece (BERT,
+DistilBERT) ignores the space (first piece `nurse`, continuations `##...`); byte-level BPE
+(RoBERTa) marks the word start (`Ġnurse`; without the space it would be `nurse`, the
+sentence-initial form, another id); SentencePiece (ALBERT) marks every word start (`▁nurse`).
 
 Words whose piece is the tokenizer's unknown token are dropped under both policies. The
 resolution carries the sorted unique ids and a report: kept words (with their id and piece),
@@ -206,7 +212,9 @@ def load_word_set(spec: str | Path) -> WordSet:
 
 
 def _pieces(tokenizer: Any, word: str) -> tuple[list[str], list[int], int | None]:
-    """Word -> (pieces, ids, unk_id) for a transformers tokenizer or a `tokenizers.Tokenizer`."""
+    """Word -> (pieces, ids, unk_id) for a transformers tokenizer or a `tokenizers.Tokenizer`,
+    the word tokenised as it follows a space in running text."""
+    word = " " + word
     if hasattr(tokenizer, "convert_tokens_to_ids"):  # transformers
         pieces = tokenizer.tokenize(word)
         ids = list(tokenizer.convert_tokens_to_ids(pieces))

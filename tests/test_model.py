@@ -131,7 +131,7 @@ def test_config_rejects_unsupported_settings():
     with pytest.raises(ValueError, match="not divisible"):
         BertConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="model_type"):
-        BertConfig.from_hf_dict({"model_type": "roberta"})
+        BertConfig.from_hf_dict({"model_type": "gpt2"})
 
 
 def test_exact_and_fused_attention_match_pytorch_and_each_other(tiny_bert_dir, expected):

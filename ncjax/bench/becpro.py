@@ -88,7 +88,8 @@ def padded_length(rows: Sequence[Row]) -> int:
 
 
 def _encode(text: str, tokenizer: Any, length: int | None) -> list[int]:
-    ids = tokenizer(text)["input_ids"]
+    # The data spells the mask BERT's way; other families (RoBERTa's <mask>) read their own token.
+    ids = tokenizer(text.replace("[MASK]", tokenizer.mask_token))["input_ids"]
     if length is None:
         return ids
     return (ids + [tokenizer.mask_token_id] * length)[:length]

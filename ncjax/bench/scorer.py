@@ -39,6 +39,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from ncjax import families
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("jax", "torch")
@@ -91,12 +93,14 @@ class Scorer:
 
     Args:
       tokenizer: a transformers tokenizer (fast BERT tokenizer for ncjax models).
-      vocab_size: rows of the model's decoder; must equal len(tokenizer).
+      vocab_size: rows of the model's decoder; at least len(tokenizer) (checkpoints often pad
+        their vocabulary past the tokenizer).
       max_length: the model's max_position_embeddings; longer inputs are an error.
       batch_size: rows per forward pass.
       length_multiple: padded lengths are rounded up to this multiple; None: to LENGTH_LADDER.
       fixed_batch: pad every batch to exactly batch_size rows (fixed shapes for jit).
       source: shown in error messages (the model directory).
+      model_type: the model's family (`ncjax.families`), for its tokenizer conventions.
     """
 
     backend = "base"
@@ -110,12 +114,13 @@ class Scorer:
         length_multiple: int | None = None,
         fixed_batch: bool = False,
         source: str = "model",
+        model_type: str = "bert",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if len(tokenizer) != vocab_size:
+        if len(tokenizer) > vocab_size:
             raise ValueError(
-                f"The tokenizer of {source} has {len(tokenizer)} tokens but the model's vocab_size is "
+                f"The tokenizer of {source} has {len(tokenizer)} tokens but the model's vocab_size is only "
                 f"{vocab_size}; load the tokenizer that was saved with this model."
             )
         if tokenizer.mask_token_id is None:
@@ -127,6 +132,7 @@ class Scorer:
         self.length_multiple = length_multiple
         self.fixed_batch = fixed_batch
         self.source = source
+        self.family = families.get(model_type)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # -- backend hooks ---------------------------------------------------------------------------
@@ -288,11 +294,12 @@ class JaxScorer(Scorer):
         super().__init__(
             tokenizer,
             vocab_size=config.vocab_size,
-            max_length=config.max_position_embeddings,
+            max_length=config.max_tokens,
             batch_size=batch_size,
             length_multiple=length_multiple,
             fixed_batch=True,
             source=source,
+            model_type=config.model_type,
         )
         import jax
         import jax.numpy as jnp
@@ -342,15 +349,18 @@ class TorchScorer(Scorer):
         source: str = "model",
         device: str | None = None,
     ):
-        cfg = model.config
+        from ncjax.model import BertConfig
+
+        cfg = BertConfig.from_hf_dict(model.config.to_dict())
         super().__init__(
             tokenizer,
             vocab_size=cfg.vocab_size,
-            max_length=getattr(cfg, "max_position_embeddings", 512),
+            max_length=cfg.max_tokens,
             batch_size=batch_size,
             length_multiple=length_multiple,
             fixed_batch=False,
             source=source,
+            model_type=cfg.model_type,
         )
         import torch
 
@@ -362,11 +372,10 @@ class TorchScorer(Scorer):
     def _inputs(self, ids, mask):
         torch = self._torch
         t_ids = torch.from_numpy(ids.astype(np.int64)).to(self._device)
-        return dict(
-            input_ids=t_ids,
-            attention_mask=torch.from_numpy(mask.astype(np.int64)).to(self._device),
-            token_type_ids=torch.zeros_like(t_ids),
-        )
+        out = dict(input_ids=t_ids, attention_mask=torch.from_numpy(mask.astype(np.int64)).to(self._device))
+        if self.family.token_types:  # DistilBERT's forward takes none
+            out["token_type_ids"] = torch.zeros_like(t_ids)
+        return out
 
     def _log_probs_batch(self, ids, mask, positions, targets):
         torch = self._torch

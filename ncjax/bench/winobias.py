@@ -83,7 +83,7 @@ def load(winobias_dir: str | Path, kind: str, stance: str, splits: Sequence[str]
 def _single_id(tokenizer: Any, word: str, where: str) -> int:
     ids = tokenizer.encode(word, add_special_tokens=False)
     if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
-        raise ValueError(f"{where}: the pronoun {word!r} is not one token of this vocabulary; the probe needs it.")
+        raise ValueError(f"{where}: the pronoun {word.strip()!r} is not one token of this vocabulary; the probe needs it.")
     return int(ids[0])
 
 
@@ -92,12 +92,15 @@ def _form(word: str, like: str) -> str:
 
 
 def build_queries(sentences: Sequence[Sentence], tokenizer: Any) -> list[MaskedQuery]:
-    """Targets: (gold, opposite forms...) at the masked pronoun."""
+    """Targets: (gold, opposite forms...) at the masked pronoun, each the token the pronoun is
+    where it stands: after a space, ' ' + pronoun (RoBERTa's BPE marks it `Ġ`; WordPiece and
+    SentencePiece give the same id either way)."""
     out = []
     for s in sentences:
         ids = tokenizer(s.text.format(MASK=tokenizer.mask_token))["input_ids"]
-        gold = _single_id(tokenizer, s.pronoun, s.where)
-        opp = tuple(_single_id(tokenizer, _form(w, s.pronoun), s.where) for w in OPPOSITE[s.pronoun.lower()])
+        space = " " if s.text.find("{MASK}") > 0 and s.text[s.text.find("{MASK}") - 1] == " " else ""
+        gold = _single_id(tokenizer, space + s.pronoun, s.where)
+        opp = tuple(_single_id(tokenizer, space + _form(w, s.pronoun), s.where) for w in OPPOSITE[s.pronoun.lower()])
         out.append(MaskedQuery(tuple(ids), ids.index(tokenizer.mask_token_id), (gold, *opp)))
     return out
 

@@ -1,0 +1,124 @@
+"""Model families: random-initialised transformers masked LMs of every family, saved as
+safetensors and .bin, converted and compared with PyTorch (logits, last hidden states), and the
+export round trip, bit-exact."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from ncjax import families
+from ncjax.convert import load_model, params_to_hf, save_hf
+from ncjax.model import BertConfig
+
+pytestmark = pytest.mark.torch
+
+VOCAB, PAD = 99, 1
+
+# Tiny transformers configs, one per family (hidden 32, 4 heads).
+HF_CONFIGS = {
+    "roberta": ("RobertaConfig", "RobertaForMaskedLM", dict(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=40, type_vocab_size=1, pad_token_id=PAD, bos_token_id=0, eos_token_id=2,
+        layer_norm_eps=1e-5, hidden_act="gelu")),
+    "distilbert": ("DistilBertConfig", "DistilBertForMaskedLM", dict(
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40,
+        pad_token_id=PAD, activation="gelu")),
+    # 4 layers from 2 groups of 2 shared layers each, embeddings of 16 projected to 32
+    "albert": ("AlbertConfig", "AlbertForMaskedLM", dict(
+        vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2,
+        inner_group_num=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=40,
+        pad_token_id=PAD, hidden_act="gelu_new")),
+}
+
+
+def _inputs():
+    """Two rows, the second right-padded with PAD (RoBERTa's positions skip padding)."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, VOCAB, (2, 11)).astype(np.int64)
+    mask = np.ones_like(ids)
+    ids[1, 7:], mask[1, 7:] = PAD, 0
+    return ids, mask
+
+
+@pytest.fixture(scope="module", params=sorted(HF_CONFIGS))
+def saved(request, tmp_path_factory):
+    """(family, directory with model.safetensors, directory with pytorch_model.bin, reference outputs)."""
+    import torch
+    import transformers
+
+    name = request.param
+    cfg_cls, model_cls, kwargs = HF_CONFIGS[name]
+    torch.manual_seed(0)
+    hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kwargs)).eval()
+    with torch.no_grad():  # a non-zero prediction bias, so the test sees it
+        hf.get_output_embeddings().bias.normal_()
+    ids, mask = _inputs()
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
+    ref = {"logits": out.logits.numpy(), "last_hidden": out.hidden_states[-1].numpy(), "ids": ids, "mask": mask}
+    st = tmp_path_factory.mktemp(name + "-st")
+    hf.save_pretrained(str(st))
+    pt = tmp_path_factory.mktemp(name + "-bin")  # transformers 5 writes safetensors only: a .bin by hand,
+    torch.save(hf.state_dict(), pt / "pytorch_model.bin")  # with the tied decoder keys a state dict holds
+    (pt / "config.json").write_bytes((st / "config.json").read_bytes())
+    assert (st / "model.safetensors").is_file() and (pt / "pytorch_model.bin").is_file()
+    return name, st, pt, ref
+
+
+def _check(model, ref):
+    out = model(ref["ids"], ref["mask"])
+    m = ref["mask"][..., None].astype(bool)  # padded positions differ by construction of the mask
+    np.testing.assert_allclose(np.where(m, out.logits, 0), np.where(m, ref["logits"], 0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.where(m, out.last_hidden, 0), np.where(m, ref["last_hidden"], 0),
+                               atol=1e-5, rtol=0)
+
+
+def test_safetensors_and_bin_match_pytorch(saved):
+    name, st, pt, ref = saved
+    model, config = load_model(st)
+    assert config.model_type == name
+    _check(model, ref)
+    from_bin, _ = load_model(pt)
+    a, b = params_to_hf(model), params_to_hf(from_bin)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    if name == "albert":  # shared layers: the scanned encoder stacks the schedule [0, 1, 0, 1, 2, 3, 2, 3]
+        assert model.schedule == (0, 1, 0, 1, 2, 3, 2, 3) and len(model.layers) == 4
+        _check(load_model(st, scan_layers=True)[0], ref)
+
+
+def test_export_round_trip_is_bit_exact_and_loads_in_transformers(saved, tmp_path):
+    import torch
+    import transformers
+
+    name, st, _, ref = saved
+    model, config = load_model(st)
+    out = save_hf(model, config, tmp_path / "hf")
+    original, written = load_file(st / "model.safetensors"), load_file(out / "model.safetensors")
+    fam = families.get(name)
+    tied = set(fam.decoder_keys) - {fam.head["bias"]}
+    assert set(written) == set(original) - tied
+    for k in written:
+        np.testing.assert_array_equal(written[k], original[k])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == name and cfg["architectures"] == [fam.architecture]
+    assert BertConfig.from_hf_dict(cfg) == config
+    hf, info = transformers.AutoModelForMaskedLM.from_pretrained(str(out), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor(ref["ids"]), attention_mask=torch.tensor(ref["mask"])).logits.numpy()
+    np.testing.assert_array_equal(logits, ref["logits"])
+
+
+def test_roberta_positions_start_after_padding_idx():
+    cfg = BertConfig(model_type="roberta", vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=8, pad_token_id=1, type_vocab_size=1, max_position_embeddings=10)
+    from flax import nnx
+
+    from ncjax.layers import Embeddings
+
+    emb = Embeddings(cfg, np.float32, nnx.Rngs(0))
+    ids = np.array([[0, 5, 6, 2, 1, 1], [0, 1, 7, 2, 1, 1]])  # a pad inside a row is skipped too
+    np.testing.assert_array_equal(emb.positions(ids), [[2, 3, 4, 5, 1, 1], [2, 1, 3, 4, 1, 1]])
+    assert cfg.max_tokens == 8
