@@ -2,6 +2,8 @@
 
 - `check_writable(path, what)`: before any model is loaded, the file's directory exists (or can
   be made) and is writable and `path` is not a directory; raises ValueError naming the option.
+  `check_directory(path, what)` does the same for a directory (a work directory), and
+  `check_outputs({what: path})` checks several output files and that no two are the same file.
 - `write_text(path, text)` / `write_json(path, obj)`: a temporary file in the same directory,
   renamed into place, with the user's umask applied (mkstemp alone would leave 0600); a failure
   or an interrupt leaves the old file (or nothing), never half a file. JSON is strict: a NaN or
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -24,22 +27,70 @@ def _umask() -> int:
     return mask
 
 
-def check_writable(path: str | os.PathLike, what: str) -> Path:
-    """Raises ValueError (one sentence naming `what`) unless `path` can be written as a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a directory; give a file name.")
-    parent = path.parent
-    existing = parent
+def _writable_parent(path: Path, what: str) -> None:
+    """The nearest existing ancestor of `path` is a writable directory (so `path` can be made)."""
+    existing = path.parent
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"{what} {path}: {existing} is not a directory; choose another path.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path} cannot be written ({existing} is not writable); choose another path.")
+
+
+def check_writable(path: str | os.PathLike, what: str) -> Path:
+    """Raises ValueError (one sentence naming `what`) unless `path` can be written as a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name.")
+    _writable_parent(path, what)
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{what} {path} exists and is read-only; choose another path.")
     return path
+
+
+def check_directory(path: str | os.PathLike, what: str) -> Path:
+    """Raises ValueError (one sentence naming `what`) unless `path` is, or can be made, a directory
+    this process can write into."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{what} {path} exists and is not a directory; choose another path.")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{what} {path} is not writable; choose another directory.")
+        return path
+    _writable_parent(path, what)
+    return path
+
+
+def check_outputs(outputs: dict[str, str | os.PathLike | None]) -> None:
+    """check_writable for each {what: path} given (None is skipped) and no two naming one file."""
+    seen: dict[Path, str] = {}
+    for what, path in outputs.items():
+        if path is None:
+            continue
+        check_writable(path, what)
+        key = Path(path).absolute()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {what} name the same file {path}; give two paths.")
+        seen[key] = what
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """The text of a UTF-8 file; bytes that are not UTF-8 are a ValueError naming the file, line
+    and byte (a bare UnicodeDecodeError names neither file nor line)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: byte 0x{data[e.start]:02x} is not UTF-8 text; re-save the file as "
+                         "UTF-8.") from None
+
+
+def text_stream(path: str | os.PathLike, encoding: str = "utf-8") -> io.StringIO:
+    """`read_text` as a file object for csv readers (newlines kept as open(newline='') keeps them)."""
+    return io.StringIO(read_text(path, encoding), newline="")
 
 
 def finite(obj: Any) -> Any:

