@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -510,3 +511,80 @@ def test_reproduce_checks_config_and_workdir_before_work(tmp_path, case):
                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     _one_line_error(proc, 1, needle)
     assert _names(tmp_path) == ["file"]
+
+
+# ----------------------------------------------------------------------------- corpora
+
+# Row counts and sha256 prefixes of the texts ("\0"-joined) of the bundled corpora as the earlier
+# readers gave them (Hugging Face datasets for training, csv with quoting off for measurement:
+# they agreed on these files); the one reader must give exactly the same.
+BUNDLED_ROWS = {
+    "corpora/gap_flipped.tsv": (4454, "7c45ce583fffac49"),
+    "gap/gap-development.tsv": (2000, "4cd0f38ec935b2c9"),
+    "gap/gap-validation.tsv": (454, "a78952a0d7a968d6"),
+    "gap/gap-test.tsv": (2000, "0252e25614712e60"),
+    "corpora/wikitext2/wiki.valid.tokens": (3760, "05be8f2cb6ddd93a"),
+    "corpora/wikitext2/wiki.test.tokens": (4358, "01aec8d000653d41"),
+}
+
+
+def test_bundled_corpora_read_as_before():
+    import hashlib
+
+    from ncjax import corpus, data, measure
+
+    seen = {}
+    for rels, fmt, field in data.BUNDLED.values():
+        for rel in rels:
+            rows = corpus.read_rows(data.resource_path(*rel.split("/")), fmt, field)
+            seen[rel] = (len(rows), hashlib.sha256("\0".join(rows).encode()).hexdigest()[:16])
+    assert seen == BUNDLED_ROWS
+    gap_flipped = str(data.resource_path("corpora", "gap_flipped.tsv"))
+    assert measure.read_corpus(gap_flipped) == corpus.read_rows(gap_flipped, "tsv", "Text")
+
+
+def _spec(path, **kw):
+    from ncjax import data
+
+    return data.CorpusSpec(**{"path": str(path), "sentence_split": False, "min_words": 1, **kw})
+
+
+def test_stray_quotes_in_a_tsv_never_merge_rows(tmp_path):
+    from ncjax import data, measure
+
+    path = tmp_path / "c.tsv"
+    rows = [f"he said \"row {i} ." if i in (3, 17) else f"she is a nurse number {i} ." for i in range(20)]
+    path.write_text("ID\tText\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(rows)))
+    assert measure.read_corpus(str(path)) == rows
+    assert data.read_texts(_spec(path, text_field="Text"), tmp_path / "cache") == rows
+
+
+def test_stray_quote_in_a_csv_is_an_error_naming_the_line(tmp_path):
+    from ncjax import data, measure
+
+    path = tmp_path / "c.csv"
+    path.write_text("id,text\n0,she is a nurse .\n1,\"he said it .\n2,she was good .\n3,he was bad .\n")
+    with pytest.raises(ValueError, match=rf"{path}:3: a quoted field runs over 3 lines \(to line 5\)"):
+        measure.read_corpus(str(path))
+    with pytest.raises(ValueError, match=rf"data.path: {path}:3: a quoted field runs over"):
+        data.read_texts(_spec(path, text_field="text"), tmp_path / "cache")
+    path.write_text('id,text\n0,"she, the nurse, is here ."\n1,he was bad .\n')  # quoting itself still works
+    assert measure.read_corpus(str(path)) == ["she, the nurse, is here .", "he was bad ."]
+
+
+@pytest.mark.parametrize("name, body, needle", [
+    ("c.txt", b"he is a nurse .\nshe was good .\nthe caf\xe9 .\n", ":3: byte 0xe9 is not UTF-8"),
+    ("c.jsonl", b'{"text": "he is a nurse ."}\n{"text": 3}\n', ':2: field \'text\' is a int, not text'),
+    ("c.jsonl", b'{"text": "he is a nurse ."}\n{"text": "she\n', ":2: not valid JSON"),
+    ("c.tsv", b"ID\tText\n0\the is a nurse .\n1\n", ":3: the row has 1 fields, fewer than column"),
+])
+def test_bad_corpus_lines_are_named_for_training_and_measurement(run, tiny_bert_dir, tmp_path, name, body, needle):
+    from ncjax import data
+
+    path = tmp_path / name
+    path.write_bytes(body)
+    proc = run("measure_collapse.py", "--model", tiny_bert_dir, "--corpus", path, "--output", tmp_path / "nc.json")
+    _one_line_error(proc, 2, f"{path}{needle}")
+    with pytest.raises(ValueError, match=re.escape(f"{path}{needle}")):
+        data.read_texts(_spec(path, text_field="Text" if name.endswith(".tsv") else "text"), tmp_path / "cache")
+    assert _names(tmp_path) == [name]
