@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ncjax import files
 from ncjax.model import BertConfig, BertForMaskedLM
 from ncjax.weights import (  # noqa: F401  (minilm_dir and resolve_source are part of this API)
     NCJAX_MARKER,
@@ -259,8 +259,6 @@ def load_config(directory: Path) -> BertConfig:
     file = directory / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{directory} has no config.json; a BERT checkpoint directory needs one.")
-    from ncjax import files
-
     try:
         d = json.loads(files.read_text(file))
     except json.JSONDecodeError as e:
@@ -380,36 +378,6 @@ def params_to_hf(model: BertForMaskedLM) -> dict[str, np.ndarray]:
             for path, hf, _, to_hf in name_map(model.config)}
 
 
-class _AtomicDir:
-    """Builds a directory under a temporary sibling name and renames it into place on success."""
-
-    def __init__(self, dst: Path, overwrite: bool):
-        self.dst = dst
-        if dst.exists() and not dst.is_dir():
-            raise FileExistsError(f"{dst} exists and is not a directory; choose another destination.")
-        if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-            raise FileExistsError(f"{dst} already exists and is not empty; remove it or pass overwrite.")
-        self.overwrite = overwrite
-
-    def __enter__(self) -> Path:
-        self.dst.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dst.name}.tmp-", dir=self.dst.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.dst.exists():
-            old = self.dst.parent / f".{self.dst.name}.old-{os.getpid()}"
-            os.replace(self.dst, old)
-        os.replace(self.tmp, self.dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
-
-
 def _write_tokenizer(tokenizer_src: str | os.PathLike | None, out: Path) -> None:
     if tokenizer_src is None:
         log.warning("no tokenizer source given: %s gets weights and config only", out)
@@ -434,7 +402,7 @@ def save_hf(
     from safetensors.numpy import save_file
 
     dst = Path(dst)
-    with _AtomicDir(dst, overwrite) as tmp:
+    with files.atomic_directory(dst, overwrite) as tmp:
         save_file(params_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
         _write_tokenizer(tokenizer_src, tmp)
@@ -458,7 +426,7 @@ def save_ncjax(
 
     dst = Path(dst)
     _, state = nnx.split(model)
-    with _AtomicDir(dst, overwrite) as tmp:
+    with files.atomic_directory(dst, overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save((tmp / "params").absolute(), nnx.to_pure_dict(state))
         (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")

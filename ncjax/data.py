@@ -20,15 +20,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ncjax import corpus
+from ncjax import corpus, files
 from ncjax.text import counterfactual, split_sentences, wikitext_paragraphs  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -42,9 +40,7 @@ PADDINGS = ("clean", "attended_mask")
 # ----------------------------------------------------------------------------- bundled files
 
 
-def resource_path(*parts: str) -> Path:
-    """Path of a file bundled under `ncjax/resources/`."""
-    return Path(str(resources.files("ncjax").joinpath("resources", *parts)))
+resource_path = files.resource_path  # (kept under this name: recipes and terms use data.resource_path)
 
 
 BUNDLED = {
@@ -272,11 +268,7 @@ def load_corpus(spec: CorpusSpec, tokenizer, *, cache_dir: str | os.PathLike,
                          f"{position_limit}; lower data.max_length.")
     arrays = tokenize(texts, tokenizer, length, spec.padding)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=file.name, suffix=".tmp.npz", dir=cache_dir)
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, file)
+    files.write_bytes_with(file, lambda tmp: np.savez(tmp, **arrays))
     log.info("tokenised %d texts to length %d (cached in %s)", len(texts), length, file)
     return arrays
 

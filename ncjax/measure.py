@@ -19,7 +19,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from ncjax import corpus, penalty
+from ncjax import corpus
+from ncjax.classes import make_slot_table, shift_targets
 from ncjax.collapse import accumulate_means, accumulate_second, class_means, class_subset, init_stats, metrics
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,7 @@ def _tokenize(tokenizer, lines, max_length, label_shift, max_tokens, chunk=1024)
         for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
             ids = np.asarray(ids, np.int32)
             counted = 1 - np.asarray(special, np.int32)
-            if label_shift == 0:
-                labels, weights = ids, counted
-            else:
-                labels = np.concatenate([ids[1:], [0]]).astype(np.int32)
-                weights = np.concatenate([counted[1:], [0]]).astype(np.int32)
+            labels, weights = shift_targets(ids, counted, label_shift=label_shift, xp=np)
             if budget is not None:
                 weights = weights * (np.cumsum(weights) <= budget)
                 budget -= int(weights.sum())
@@ -130,7 +127,7 @@ def measure(
     if not np.isin(seen, subset.ids).any():
         raise ValueError(f"no token of the class set {classes!r} occurs in the corpus; use a corpus that contains them.")
     k = subset.ids.size
-    table = penalty.make_slot_table(subset.ids, config.vocab_size)
+    table = make_slot_table(subset.ids, config.vocab_size)
     class_w = model.decoder_weight()[jnp.asarray(subset.ids)]
     graphdef, state = nnx.split(model)
     static = {"graphdef": graphdef, "features": features}

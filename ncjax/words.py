@@ -28,7 +28,6 @@ with '#' are skipped; repeated words within a side count once.
 from __future__ import annotations
 
 import dataclasses
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -151,7 +150,7 @@ def bundled(name: str) -> WordSet:
     """One of the bundled word sets: 'gender-adept' or 'gender-gnglove'."""
     if name not in _BUNDLED:
         raise ValueError(f"unknown bundled word set {name!r}; choose one of {', '.join(_BUNDLED)}.")
-    root = resources.files("ncjax") / "resources" / "words"
+    root = files.resource_path("words")
     sides = {
         side: _unique(_read_lines(files.read_text(root / rel)))
         for side, rel in _BUNDLED[name].items()

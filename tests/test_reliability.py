@@ -103,18 +103,16 @@ def test_measure_checks_outputs_before_loading(run, tiny_bert_dir, corpus, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "file"]
 
 
-def test_measure_interrupt_leaves_no_output(tiny_bert_dir, tmp_path):
-    big = tmp_path / "big.txt"
-    big.write_text("\n".join(LINES * 3000) + "\n")
-    out = tmp_path / "nc.json"
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch" / "measure_collapse.py"), "--model", str(tiny_bert_dir),
-                             "--corpus", str(big), "--classes", "all", "--output", str(out), "--batch-size", "8"],
-                            cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+def _interrupt(args, marker):
+    """Runs a launch script, sends SIGINT once `marker` (its progress bar) shows on stderr; returns
+    (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     seen = ""
     try:
-        while "collapse pass" not in seen:  # the progress bar: the measurement is under way
+        while marker not in seen:  # the work is under way
             chunk = proc.stderr.read(1)
-            assert chunk, f"exited before measuring: {seen[-2000:]}"
+            assert chunk, f"exited before {marker!r}: {seen[-2000:]}"
             seen += chunk
         proc.send_signal(signal.SIGINT)
         rest = proc.stderr.read()
@@ -122,8 +120,16 @@ def test_measure_interrupt_leaves_no_output(tiny_bert_dir, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    err = seen + rest
-    assert proc.returncode == 130, err[-2000:]
+    return proc.returncode, seen + rest
+
+
+def test_measure_interrupt_leaves_no_output(tiny_bert_dir, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text("\n".join(LINES * 3000) + "\n")
+    code, err = _interrupt([REPO / "launch" / "measure_collapse.py", "--model", tiny_bert_dir, "--corpus", big,
+                            "--classes", "all", "--output", tmp_path / "nc.json", "--batch-size", "8"],
+                           "collapse pass")
+    assert code == 130, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted; no result file was written"
     assert list(tmp_path.iterdir()) == [big]
 
@@ -366,27 +372,16 @@ def test_evaluate_failure_mid_suite_keeps_the_finished_benchmarks(run, tiny_bert
 def test_evaluate_interrupt_leaves_no_output(tiny_bert_dir, bench_data, tmp_path):
     data = _copy(bench_data, tmp_path / "data")
     csv_file = data / "crows_pairs" / "crows_pairs_anonymized.csv"
-    head, *rows = csv_file.read_text().splitlines()
-    csv_file.write_text("\n".join([head, *(rows * 2000)]) + "\n")
-    out = tmp_path / "r.json"
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch" / "evaluate.py"), "--model", str(tiny_bert_dir),
-                             "--benchmarks", "crows", "--data-dir", str(data), "--output", str(out),
-                             "--per-example", str(tmp_path / "ex.jsonl"), "--batch-size", "8"],
-                            cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    seen = ""
-    try:
-        while "crows:" not in seen:  # the progress bar: scoring is under way
-            chunk = proc.stderr.read(1)
-            assert chunk, f"exited before scoring: {seen[-2000:]}"
-            seen += chunk
-        proc.send_signal(signal.SIGINT)
-        rest = proc.stderr.read()
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    err = seen + rest
-    assert proc.returncode == 130, err[-2000:]
+    head = csv_file.read_text().splitlines()[0]
+    words = ["he", "she", "man", "woman", "boy", "girl", "father", "mother", "nurse", "doctor", "king", "queen"]
+    pairs = [(a, b, c) for a in words for b in words for c in ("good", "bad", "happy", "sad") if a != b][:400]
+    # distinct pairs: the scorer computes each distinct query once
+    csv_file.write_text("\n".join([head, *(f"{i},the {a} was {c} .,the {b} was {c} .,stereo,gender,[],a,[]"
+                                            for i, (a, b, c) in enumerate(pairs))]) + "\n")
+    code, err = _interrupt([REPO / "launch" / "evaluate.py", "--model", tiny_bert_dir, "--benchmarks", "crows",
+                            "--data-dir", data, "--output", tmp_path / "r.json", "--per-example", tmp_path / "ex.jsonl",
+                            "--batch-size", "8"], "crows:")
+    assert code == 130, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted; no result file was written"
     assert _names(tmp_path) == ["data"]
 
@@ -588,3 +583,55 @@ def test_bad_corpus_lines_are_named_for_training_and_measurement(run, tiny_bert_
     with pytest.raises(ValueError, match=re.escape(f"{path}{needle}")):
         data.read_texts(_spec(path, text_field="Text" if name.endswith(".tsv") else "text"), tmp_path / "cache")
     assert _names(tmp_path) == [name]
+
+
+# ----------------------------------------------------------------------------- permissions
+
+
+@pytest.fixture()
+def umask_027():
+    old = os.umask(0o027)
+    try:
+        yield 0o027
+    finally:
+        os.umask(old)
+
+
+def _write_with(writer, path):
+    from ncjax import bench, figures, logs
+
+    if writer == "files.write_json":
+        files.write_json(path, {"x": 1.0})
+    elif writer == "logs.write_json_atomic":
+        logs.write_json_atomic(path, {"x": float("nan")})
+        assert json.loads(path.read_text()) == {"x": None}  # strict JSON here too
+    elif writer == "bench.write_json":
+        bench.write_json(path, {"x": float("inf")})
+        assert json.loads(path.read_text()) == {"x": None}
+    elif writer == "figures":
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=(1, 1))
+        figures._save(fig, path)
+        plt.close(fig)
+        assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("writer", ["files.write_json", "logs.write_json_atomic", "bench.write_json", "figures"])
+def test_results_get_the_users_umask(tmp_path, umask_027, writer):
+    path = tmp_path / "out" / "r.png"
+    _write_with(writer, path)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o640)
+    assert _names(path.parent) == ["r.png"]  # no temporary left behind
+
+
+def test_exported_model_directory_gets_the_users_umask(run, tiny_bert_dir, tmp_path, umask_027):
+    dst = tmp_path / "export"
+    proc = run("convert.py", tiny_bert_dir, dst)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert oct(dst.stat().st_mode & 0o777) == oct(0o750)
+    assert {oct(p.stat().st_mode & 0o777) for p in dst.iterdir()} == {oct(0o640)}
+    assert _names(tmp_path) == ["export"]

@@ -41,10 +41,9 @@ from ncjax.bench import runs
 from ncjax.bench.heads import SpanPairHead
 from ncjax.bench.registry import Benchmark, Context, Option, fmt
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-GAP_DIR = RESOURCES / "gap"
-OCCUPATIONS_DIR = RESOURCES / "winobias"
-WINOBIAS_DIR = RESOURCES / "bench" / "winobias"
+GAP_DIR = files.resource_path("gap")
+OCCUPATIONS_DIR = files.resource_path("winobias")
+WINOBIAS_DIR = files.resource_path("bench", "winobias")
 GAP_TRAIN = ("gap-development.tsv", "gap-validation.tsv")
 GAP_TEST = "gap-test.tsv"
 MALE = {"he", "him", "his", "himself"}

@@ -38,7 +38,7 @@ from ncjax.bench.registry import Benchmark, Context, Option, comma_list, fmt
 
 log = logging.getLogger(__name__)
 
-GLUE_DIR = Path(__file__).resolve().parent.parent / "resources" / "glue"
+GLUE_DIR = files.resource_path("glue")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,26 +48,24 @@ class Option:
         return self.setting or self.name
 
 
-def positive_int(text: str) -> int:
-    """'12' -> 12; anything that is not a whole number >= 1 is a ValueError."""
+def _whole(text: str, low: int, what: str) -> int:
     try:
         n = int(text)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"{text!r} is not a positive whole number")
+        n = low - 1
+    if n < low:
+        raise ValueError(f"{text!r} is not a {what}")
     return n
+
+
+def positive_int(text: str) -> int:
+    """'12' -> 12; anything that is not a whole number >= 1 is a ValueError."""
+    return _whole(text, 1, "positive whole number")
 
 
 def natural_int(text: str) -> int:
     """'0' -> 0; anything that is not a whole number >= 0 is a ValueError."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise ValueError(f"{text!r} is not a whole number >= 0")
-    return n
+    return _whole(text, 0, "whole number >= 0")
 
 
 def positive_float(text: str) -> float:

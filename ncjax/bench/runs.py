@@ -12,13 +12,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ncjax import parallel
+from ncjax import files, parallel
 from ncjax.bench.finetune import Encoded, Hparams, Model, check_run_dir, finetune, predict, split_encoder
 from ncjax.bench.registry import Context, Option, positive_float, positive_int
 from ncjax.logs import write_json_atomic
@@ -153,6 +152,4 @@ def run(
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    files.write_bytes_with(path, lambda tmp: np.savez(tmp, **arrays))

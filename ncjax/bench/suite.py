@@ -30,7 +30,7 @@ from ncjax.bench.scorer import BACKENDS, Scorer, load_scorer
 logger = logging.getLogger(__name__)
 
 BENCHMARKS = registry.default()
-DATA_DIR = Path(__file__).resolve().parent.parent / "resources" / "bench"
+DATA_DIR = files.resource_path("bench")
 parse_benchmarks = registry.parse_benchmarks
 
 
