@@ -8,8 +8,7 @@ from ncjax import files
 from ncjax.bench.registry import fmt
 
 
-# The one atomic writer (strict JSON: a NaN score becomes null), under the names this package exports.
-write_atomic = files.write_text
+# The one atomic writer (strict JSON: a NaN score becomes null), under the name this package exports.
 write_json = files.write_json
 
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from ncjax import files
 from ncjax.bench import registry
-from ncjax.bench.report import write_atomic, write_json
+from ncjax.bench.report import write_json
 from ncjax.bench.scorer import BACKENDS, Scorer, load_scorer
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ def evaluate(
     seconds["total"] = time.perf_counter() - t_start
     results["seconds"] = seconds
     if per_example is not None:
-        write_atomic(per_example, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+        # strict JSON Lines: a NaN score (a degenerate model) is null, never a lost file
+        files.write_text(per_example, "".join(json.dumps(files.finite(r), allow_nan=False) + "\n" for r in records))
     if output is not None:
         write_json(output, results)
     if failed is not None:
