@@ -1,8 +1,10 @@
-"""What every launch script shares: absl flag parsing with config errors turned into one line, and
-Ctrl-C turned into one line instead of a traceback."""
+"""What every launch script shares: flag parsing with errors turned into one line (absl for the
+config-driven scripts, argparse for the others), and Ctrl-C turned into one line instead of a
+traceback."""
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import logging
 import os
@@ -39,6 +41,35 @@ def parse(argv: list[str]) -> list[str]:
             fixed = ".".join(hint.group(1) if part == bad else part for part in override.split("."))
             sys.exit(f"{argv[0]}: unknown config field {override}; did you mean {fixed}?")
         sys.exit(f"{argv[0]}: unknown config field {override}; see the config file for its fields.")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a bad flag reported as one line on stderr (no usage dump), exit status 2."""
+
+    def __init__(self, prog: str, doc: str):
+        super().__init__(prog=prog, description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def whole_number(flag: str, low: int, what: str = ""):
+    """An argparse type: a whole number >= low, else one line '{flag} {text!r} must be a whole
+    number{what} >= {low}'."""
+
+    def check(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} must be a whole number{what} >= {low}")
+        return n
+
+    check.__name__ = flag
+    return check
 
 
 def exit_on_interrupt(message: str) -> None:

@@ -24,18 +24,14 @@ import cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="launch/convert.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = cli.ArgumentParser("launch/convert.py", __doc__)
     p.add_argument("src", help="HF directory, weight file, ncjax checkpoint, 'minilm' or hub id")
     p.add_argument("dst", help="output directory (must not exist or be empty, unless --overwrite)")
     p.add_argument("--to", choices=("hf", "ncjax"), default="hf", help="output format (default: hf)")
     p.add_argument("--init-missing-head", action="store_true",
                    help="initialise a fresh MLM head for encoder-only checkpoints (seeded by --seed)")
-    p.add_argument("--seed", type=int, default=0, help="seed for an initialised head (default: 0)")
+    p.add_argument("--seed", type=cli.whole_number("--seed", 0), default=0,
+                   help="seed for an initialised head (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     return p.parse_args(argv)
 
@@ -66,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_paths(args.src, args.dst)
         model, config = convert.load_model(args.src, init_missing_head=args.init_missing_head, seed=args.seed)
+        if convert.has_tokenizer(args.src):  # the export would pair the weights with these files
+            convert.check_tokenizer(convert.load_tokenizer(args.src), config.vocab_size, args.src)
         save = convert.save_hf if args.to == "hf" else convert.save_ncjax
         out = save(model, config, args.dst, tokenizer_src=args.src, overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:

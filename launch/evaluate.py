@@ -5,6 +5,11 @@ add --init-missing-head) or a hub id. Scores follow bias-bench exactly (see the 
 ncjax/bench/). The results go to --output as JSON (written atomically); a markdown table of the
 headline numbers goes to stdout; --markdown also writes it next to the JSON (.md).
 
+Every output path is checked before the model is loaded, and every benchmark's data is checked
+against the model's tokenizer before the first is scored. Exit status: 0 on success; 2 with one
+line on stderr on a bad input (nothing written); 1 when a benchmark fails mid-suite (the finished
+ones are written, marked "incomplete": true); 130 on Ctrl-C (nothing written).
+
 Example:
     python launch/evaluate.py --model minilm --init-missing-head --backend jax \\
         --benchmarks stereoset,crows,seat,becpro,winobias-probe --output /tmp/minilm-bias.json
@@ -18,16 +23,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ncjax import bench  # noqa: E402
+import cli  # noqa: E402
+
+if __name__ == "__main__":  # before the heavy imports, so an early Ctrl-C is one line too
+    cli.exit_on_interrupt("interrupted; no result file was written")
+
+from ncjax import bench, files  # noqa: E402
 from ncjax.bench import registry  # noqa: E402
-
-
-def _positive(text: str) -> int:
-    try:
-        return registry.positive_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--limit {text!r} must be a positive whole number of examples") from None
 
 
 def _checked(o: registry.Option):
@@ -43,34 +47,25 @@ def _checked(o: registry.Option):
     return parse
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """Bad flags: one line on stderr (no usage dump), exit status 2."""
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(
-        prog="launch/evaluate.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = cli.ArgumentParser("launch/evaluate.py", __doc__)
     p.add_argument("--model", required=True, help="HF directory, ncjax checkpoint, 'minilm' or hub id")
     p.add_argument("--benchmarks", default=",".join(bench.BENCHMARKS),
                    help=f"comma-separated subset of {','.join(registry.names())}, or all "
                         f"(default: {','.join(bench.BENCHMARKS)})")
     p.add_argument("--backend", choices=("jax", "torch"), default="jax", help="scoring backend (default: jax)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass (default: 64)")
+    p.add_argument("--batch-size", type=cli.whole_number("--batch-size", 1),
+                   default=64, help="rows per forward pass (default: 64)")
     p.add_argument("--data-dir", default=None,
                    help="directory with stereoset/, crows_pairs/, seat/, bec_pro/, winobias/ (default: bundled)")
     p.add_argument("--output", required=True, help="results JSON path")
     p.add_argument("--markdown", action="store_true", help="also write the markdown table to OUTPUT with .md")
     p.add_argument("--init-missing-head", action="store_true",
                    help="initialise a missing MLM head (encoder-only checkpoints), seeded by --seed")
-    p.add_argument("--limit", type=_positive, default=None,
-                   help="only the first N examples per file or split (smoke runs; not comparable numbers)")
+    p.add_argument("--limit", type=cli.whole_number("--limit", 0, " of examples"),
+                   default=None,
+                   help="only the first N examples per file or split (smoke runs; not comparable numbers; "
+                        "0: all)")
     p.add_argument("--workdir", default=None,
                    help="where fine-tuning runs live; a rerun resumes them (default: a temporary directory)")
     p.add_argument("--per-example", default=None, metavar="FILE.jsonl",
@@ -89,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("ncjax").setLevel(logging.INFO)
+    markdown = Path(args.output).with_suffix(".md") if args.markdown else None
     try:
+        files.check_outputs({"--output": args.output, "--markdown": markdown, "--per-example": args.per_example})
+        if args.workdir is not None:
+            files.check_directory(args.workdir, "--workdir")
         results = bench.evaluate(
             args.model,
             args.benchmarks,
@@ -104,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             **{o.name: getattr(args, o.name) for o in registry.options()},
         )
+    except bench.IncompleteSuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     table = bench.markdown(results)
-    if args.markdown:
-        bench.report.write_atomic(Path(args.output).with_suffix(".md"), table)
+    if markdown is not None:
+        files.write_text(markdown, table)
     print(table, end="")
     return 0
 

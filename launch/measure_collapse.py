@@ -32,12 +32,7 @@ TABLE_KEYS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="launch/measure_collapse.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = cli.ArgumentParser("launch/measure_collapse.py", __doc__)
     p.add_argument("--model", action="append", required=True,
                    help="HF directory, ncjax checkpoint, 'minilm' or hub id; repeat to compare models")
     p.add_argument("--corpus", required=True, help="text file (one sequence a line), .tsv or .jsonl")
@@ -51,27 +46,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MLM-transform output (decoder input; default) or the last encoder layer")
     p.add_argument("--label-shift", type=int, choices=(0, 1), default=0,
                    help="class = token at the same position (0) or the next one (1, the paper's analysis)")
-    p.add_argument("--min-count", type=int, default=1, help="exclude classes with fewer samples (default: 1)")
-    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many counted tokens")
-    p.add_argument("--max-length", type=int, default=None, help="truncate sequences (default: the model's maximum)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per batch (default: 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random:K (default: 0)")
+    p.add_argument("--min-count", type=cli.whole_number("--min-count", 1), default=1,
+                   help="exclude classes with fewer samples (default: 1)")
+    p.add_argument("--max-tokens", type=cli.whole_number("--max-tokens", 1), default=None,
+                   help="stop after this many counted tokens")
+    p.add_argument("--max-length", type=cli.whole_number("--max-length", 3), default=None,
+                   help="truncate sequences (default: the model's maximum)")
+    p.add_argument("--batch-size", type=cli.whole_number("--batch-size", 1), default=32,
+                   help="sequences per batch (default: 32)")
+    p.add_argument("--seed", type=cli.whole_number("--seed", 0), default=0,
+                   help="seed for random:K (default: 0)")
     p.add_argument("--output", required=True, help="JSON file: a list with one object per model")
     p.add_argument("--plot", default=None, help="PNG file: a bar chart per metric (needs matplotlib)")
     return p.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Range checks and output paths, before any model is loaded; ValueError naming the option."""
-    for name, low in (("min_count", 1), ("max_tokens", 1), ("max_length", 3), ("batch_size", 1)):
-        value = getattr(args, name)
-        if value is not None and value < low:
-            raise ValueError(f"--{name.replace('_', '-')} {value} must be at least {low}.")
-    files.check_writable(args.output, "--output")
+    """Output paths, before any model is loaded (numbers are range-checked by the parser);
+    ValueError naming the option."""
+    files.check_outputs({"--output": args.output, "--plot": args.plot})
     if args.plot:
-        if Path(args.plot).absolute() == Path(args.output).absolute():
-            raise ValueError("--plot and --output name the same file; give two paths.")
-        files.check_writable(args.plot, "--plot")
         import matplotlib  # noqa: F401  (fail now, not after the measurement)
 
 
@@ -127,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for src in args.model:
             # The last layer needs no MLM head: an encoder-only checkpoint gets an unused one.
-            model, _ = convert.load_model(src, init_missing_head=args.features == "last_hidden")
+            model, config = convert.load_model(src, init_missing_head=args.features == "last_hidden")
             tokenizer = convert.load_tokenizer(src)
+            convert.check_tokenizer(tokenizer, config.vocab_size, src)
             res = measure.measure(
                 model, tokenizer, lines, classes=args.classes, policy=args.policy, features=args.features,
                 label_shift=args.label_shift, min_count=args.min_count, max_tokens=args.max_tokens,

@@ -43,13 +43,22 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     cli.run_setup(argv)
     workdir = Path(_WORKDIR.value)
+    from ncjax import files, grid
+
+    try:  # before anything is loaded or created: the grid config, its directory and the report
+        grid.cells(_CONFIG.value)
+        files.check_directory(workdir, "--workdir")
+        if not _LIST.value and _CELL.value is None:
+            files.check_outputs({"report": workdir / "report.json", "report table": workdir / "report.md"})
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         # Every cell of a grid compiles the same few programs: a persistent cache in the grid
         # directory compiles each once (JAX_COMPILATION_CACHE_DIR chooses another place).
         import jax
 
         jax.config.update("jax_compilation_cache_dir", str(workdir.absolute() / "jax_cache"))
-    from ncjax import grid, summary
+    from ncjax import summary
 
     try:
         if _LIST.value:

@@ -48,11 +48,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncjax import penalty
+from ncjax import classes
+from ncjax.classes import EPS, normalize
 
 log = logging.getLogger(__name__)
 
-EPS = penalty.EPS
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Above this many classes a tokens x K one-hot costs more than a scatter-add.
 _ONE_HOT_MAX_CLASSES = 2048
@@ -156,7 +156,7 @@ def accumulate_means(
     [batch, length] token ids; weights [batch, length] 0/1; slot_table [vocab] (slot K = not a
     class). Adds to stats['counts'] and stats['sums']. Nothing is differentiated."""
     k = stats["counts"].shape[0]
-    fn = penalty.class_sums if k <= _ONE_HOT_MAX_CLASSES else penalty.class_sums_segment
+    fn = classes.class_sums if k <= _ONE_HOT_MAX_CLASSES else classes.class_sums_segment
     sums, counts = fn(features, labels, weights, slot_table, k)
     return {**stats, "counts": stats["counts"] + counts, "sums": stats["sums"] + sums}
 
@@ -249,10 +249,6 @@ def class_means(stats: dict) -> jnp.ndarray:
 
 # ----------------------------------------------------------------------------- metrics
 
-def _normalize(x):
-    return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + EPS)
-
-
 # ||a - b||^2 = ||a||^2 + ||b||^2 - 2<a, b> loses about eps * (||a||^2 + ||b||^2) / ||a - b||^2 of
 # relative precision; blocks holding a pair closer than this ratio use exact differences.
 _ILL_CONDITIONED = 0.05
@@ -272,7 +268,7 @@ def _pair_row_block(rows, row_var, row_idx, cols_b, var_b, idx_b, shift):
     """For one row block [r, D] against column blocks [nb, c, D]: per column block, sums over
     pairs (i, j) with j > i (padding has index -1) of
     [cdnv, cdnv_dist4, cos - shift, (cos - shift)^2, log kernel] -> [nb, 5]."""
-    nrows = _normalize(rows)
+    nrows = normalize(rows)
 
     def one(args):
         cols, cvar, cidx = args
@@ -280,7 +276,7 @@ def _pair_row_block(rows, row_var, row_idx, cols_b, var_b, idx_b, shift):
 
         def compute():
             d2 = _sq_dists(rows, cols, mask)
-            ncols = _normalize(cols)
+            ncols = normalize(cols)
             k2 = _sq_dists(nrows, ncols, mask)
             c = jnp.dot(nrows, ncols.T, precision=_HIGHEST) - shift
             var = row_var[:, None] + cvar[None, :]

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ncjax import families
+from ncjax import families, files
 from ncjax.model import BertConfig, BertForMaskedLM
 from ncjax.weights import (  # noqa: F401  (minilm_dir and resolve_source are part of this API)
     NCJAX_MARKER,
@@ -169,14 +168,72 @@ def model_params(model: BertForMaskedLM) -> dict[tuple[Any, ...], np.ndarray]:
     return {tuple(path): np.asarray(v[...]) for path, v in nnx.to_flat_state(state)}
 
 
+# The model families ncjax loads (config.json `model_type`): the registry of ncjax.families.
+MODEL_TYPES = families.MODEL_TYPES
+
+# config.json fields checked before a model is built: name -> (kind, smallest value, bound above
+# (excluded)); layer_norm_eps's None: any positive number
+_CONFIG_FIELDS = {
+    **{k: ("int", 1, None) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                     "intermediate_size", "max_position_embeddings", "type_vocab_size")},
+    "pad_token_id": ("int", 0, None),
+    "hidden_dropout_prob": ("number", 0.0, 1.0),
+    "attention_probs_dropout_prob": ("number", 0.0, 1.0),
+    "layer_norm_eps": ("number", None, None),
+    "initializer_range": ("number", 0.0, None),
+    "hidden_act": ("str", None, None),
+    "model_type": ("str", None, None),
+}
+
+
+def check_config(d: Any, file: str | os.PathLike) -> dict[str, Any]:
+    """Raises ValueError (one sentence naming `file` and the field) unless `d`, read from
+    `file`, is a JSON object whose known fields have the right types and ranges and whose
+    `model_type` (default bert) is one of MODEL_TYPES; returns `d`."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{file} holds a JSON {type(d).__name__}, not an object; a model config.json is an object.")
+    for name, (kind, low, high) in _CONFIG_FIELDS.items():
+        value = d.get(name)
+        if value is None:
+            continue
+        if kind == "str":
+            ok = isinstance(value, str)
+        elif kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            need = {"str": "a string", "int": "a whole number", "number": "a number"}[kind]
+            raise ValueError(f"{file}: field {name} is {value!r}, not {need}; fix config.json.")
+        if kind == "str":
+            continue
+        if not ((value > 0 if low is None else value >= low) and (high is None or value < high)):
+            rng = f"in [{low}, {high})" if high is not None else f"at least {low}" if low is not None else "positive"
+            raise ValueError(f"{file}: field {name} is {value!r}; it must be {rng}. Fix config.json.")
+    model_type = d.get("model_type", "bert")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{file}: model_type {model_type!r} is not one ncjax loads ({', '.join(MODEL_TYPES)}).")
+    return d
+
+
 def load_config(directory: Path) -> BertConfig:
+    """The checked config.json of a checkpoint directory."""
     file = directory / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{directory} has no config.json; a checkpoint directory needs one.")
     try:
-        return BertConfig.from_json(file)
+        d = json.loads(files.read_text(file))
     except json.JSONDecodeError as e:
         raise ValueError(f"{file} is not valid JSON ({e}); fix or replace it.") from e
+    return BertConfig.from_hf_dict(check_config(d, file))
+
+
+def check_tokenizer(tokenizer: Any, vocab_size: int, source: str | os.PathLike) -> None:
+    """Raises ValueError unless every id of `tokenizer` has a row in the model's vocabulary
+    (len(tokenizer) <= vocab_size; a vocabulary padded beyond the tokenizer is fine)."""
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"The tokenizer of {source} has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{vocab_size}; use the tokenizer saved with this model.")
 
 
 def load_model(
@@ -245,14 +302,24 @@ def load_pooler(src: str | os.PathLike) -> dict[str, np.ndarray] | None:
     return {"kernel": _transpose(w), "bias": b}
 
 
+def _tokenizer_dir(src: str | os.PathLike) -> Path:
+    path = resolve_source(src)
+    return path.parent if path.is_file() else path
+
+
+def has_tokenizer(src: str | os.PathLike) -> bool:
+    """Whether the source's directory holds tokenizer files (vocab.txt, tokenizer.json or tokenizer_config.json)."""
+    directory = _tokenizer_dir(src)
+    return any((directory / f).is_file() for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"))
+
+
 def load_tokenizer(src: str | os.PathLike):
     """A transformers fast tokenizer from a model directory's tokenizer files (tokenizer.json, or a
     family's own files through tokenizer_config.json), or a bare WordPiece vocab.txt."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
-    path = resolve_source(src)
-    directory = path.parent if path.is_file() else path
-    if not any((directory / f).is_file() for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json")):
+    directory = _tokenizer_dir(src)
+    if not has_tokenizer(src):
         raise FileNotFoundError(f"{directory} has no tokenizer files (tokenizer.json, tokenizer_config.json or "
                                 "vocab.txt); copy them there.")
     if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file():
@@ -275,36 +342,6 @@ def params_to_hf(model: BertForMaskedLM) -> dict[str, np.ndarray]:
         params[_WORD_PATH] = params[("head", "decoder")]
     return {hf: np.ascontiguousarray(to_hf(params[path]), np.float32)
             for path, hf, _, to_hf in name_map(model.config)}
-
-
-class _AtomicDir:
-    """Builds a directory under a temporary sibling name and renames it into place on success."""
-
-    def __init__(self, dst: Path, overwrite: bool):
-        self.dst = dst
-        if dst.exists() and not dst.is_dir():
-            raise FileExistsError(f"{dst} exists and is not a directory; choose another destination.")
-        if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-            raise FileExistsError(f"{dst} already exists and is not empty; remove it or pass overwrite.")
-        self.overwrite = overwrite
-
-    def __enter__(self) -> Path:
-        self.dst.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dst.name}.tmp-", dir=self.dst.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.dst.exists():
-            old = self.dst.parent / f".{self.dst.name}.old-{os.getpid()}"
-            os.replace(self.dst, old)
-        os.replace(self.tmp, self.dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
 
 
 def _write_tokenizer(tokenizer_src: str | os.PathLike | None, out: Path) -> None:
@@ -332,7 +369,7 @@ def save_hf(
     from safetensors.numpy import save_file
 
     dst = Path(dst)
-    with _AtomicDir(dst, overwrite) as tmp:
+    with files.atomic_directory(dst, overwrite) as tmp:
         save_file(params_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
         _write_tokenizer(tokenizer_src, tmp)
@@ -356,7 +393,7 @@ def save_ncjax(
 
     dst = Path(dst)
     _, state = nnx.split(model)
-    with _AtomicDir(dst, overwrite) as tmp:
+    with files.atomic_directory(dst, overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save((tmp / "params").absolute(), nnx.to_pure_dict(state))
         (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
@@ -368,13 +405,25 @@ def save_ncjax(
 def _read_ncjax_params(directory: Path, model: BertForMaskedLM) -> dict[tuple[Any, ...], np.ndarray]:
     import orbax.checkpoint as ocp
 
-    marker = json.loads((directory / NCJAX_MARKER).read_text())
-    if marker.get("format") != "ncjax-params":
-        raise ValueError(f"{directory / NCJAX_MARKER} names format {marker.get('format')!r}; expected 'ncjax-params'.")
+    from ncjax.weights import unreadable
+
+    try:
+        marker = json.loads((directory / NCJAX_MARKER).read_text(encoding="utf-8"))
+    except ValueError as e:  # JSON or UTF-8
+        raise unreadable(directory / NCJAX_MARKER, e) from e
+    if not isinstance(marker, dict) or marker.get("format") != "ncjax-params":
+        found = marker.get("format") if isinstance(marker, dict) else marker
+        raise ValueError(f"{directory / NCJAX_MARKER} names format {found!r}; expected 'ncjax-params'.")
     _, state = nnx.split(model)
     target = nnx.to_pure_dict(state)
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore((directory / "params").absolute(), target)
+    params_dir = directory / "params"
+    if not params_dir.is_dir():
+        raise FileNotFoundError(f"{params_dir} is missing; {directory} is an incomplete ncjax checkpoint.")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            restored = ckptr.restore(params_dir.absolute(), target)
+    except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many kinds)
+        raise unreadable(params_dir, e, "is truncated, corrupt or of another model than its config.json") from e
     flat = {}
 
     def walk(node, prefix):

@@ -1,10 +1,10 @@
 """Training data: corpora, sentence splitting, counterfactual augmentation, tokenisation,
 a deterministic index-based sampler, and dynamic MLM masking on device.
 
-Host side (numpy): `load_corpus` reads local tsv/csv/jsonl/text files or a hub dataset through
-Hugging Face `datasets`, optionally splits paragraphs into sentences (`split_sentences`) and adds
-two-sided counterfactual copies (`counterfactual`), and tokenises everything once into fixed-length
-arrays (`tokenize`, cached on disk under a key of the inputs). `Sampler` turns a position (one
+Host side (numpy): `load_corpus` reads local tsv/csv/jsonl/text files (through `ncjax.corpus`,
+the rules NC measurement uses too) or a hub dataset through Hugging Face `datasets`, optionally
+splits paragraphs into sentences (`split_sentences`) and adds two-sided counterfactual copies
+(`counterfactual`), and tokenises everything once into fixed-length arrays (`tokenize`, cached on disk under a key of the inputs). `Sampler` turns a position (one
 integer, saved in the checkpoint) into the example indices of this process's share of a global
 batch: a permutation per epoch from (seed, epoch), split evenly over processes, the remainder
 dropped or padded with empty rows.
@@ -20,20 +20,19 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ncjax import corpus, files
 from ncjax.text import counterfactual, split_sentences, wikitext_paragraphs  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 # Bump when the meaning of a cached token file changes.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: local files read by ncjax.corpus (one TSV/CSV rule with measurement)
 
 FORMATS = ("tsv", "csv", "jsonl", "text", "wikitext", "hub")
 PADDINGS = ("clean", "attended_mask")
@@ -41,9 +40,7 @@ PADDINGS = ("clean", "attended_mask")
 # ----------------------------------------------------------------------------- bundled files
 
 
-def resource_path(*parts: str) -> Path:
-    """Path of a file bundled under `ncjax/resources/`."""
-    return Path(str(resources.files("ncjax").joinpath("resources", *parts)))
+resource_path = files.resource_path  # (kept under this name: recipes and terms use data.resource_path)
 
 
 BUNDLED = {
@@ -103,38 +100,24 @@ def attribute_pairs(attribute: str = "gender", path: str | os.PathLike | None = 
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_rows(path: str, fmt: str, field: str, split: str, cache_dir: Path):
+def _read_rows(path: str, fmt: str, field: str, split: str, cache_dir: Path) -> list[str]:
+    """Rows of the text field: local files through `ncjax.corpus` (the rules measurement uses),
+    hub datasets through `datasets`."""
+    if fmt != "hub":
+        try:
+            return corpus.read_rows(path, fmt, field)
+        except ValueError as e:
+            raise ValueError(f"data.path: {e}") from None
     import datasets
 
     datasets.disable_progress_bars()
-    if fmt == "hub":
-        try:
-            ds = datasets.load_dataset(path, split=split, cache_dir=str(cache_dir / "datasets"))
-        except Exception as e:
-            raise FileNotFoundError(
-                f"data.path {path!r} is not a readable hub dataset ({type(e).__name__}: {e}); "
-                "check the name and network, or point data.path at a local file."
-            ) from e
-    else:
-        builder, kwargs = {
-            "tsv": ("csv", {"delimiter": "\t"}),
-            "csv": ("csv", {}),
-            "jsonl": ("json", {}),
-            "text": ("text", {}),
-            "wikitext": ("text", {}),
-        }[fmt]
-        try:
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train",
-                                       cache_dir=str(cache_dir / "datasets"), **kwargs)
-        except Exception as e:  # datasets' own messages do not name the file or the setting
-            if not Path(path).read_text(encoding="utf-8", errors="replace").strip().count("\n") and fmt != "text":
-                raise ValueError(f"data.path {path} yields no text (it holds no data rows); "
-                                 "check the file.") from None
-            reason = " ".join(str(e).split())
-            raise ValueError(f"data.path {path} could not be read as {fmt} ({type(e).__name__}: {reason}); "
-                             "check the file or set data.format.") from None
-    if fmt in ("text", "wikitext"):
-        field = "text"
+    try:
+        ds = datasets.load_dataset(path, split=split, cache_dir=str(cache_dir / "datasets"))
+    except Exception as e:
+        raise FileNotFoundError(
+            f"data.path {path!r} is not a readable hub dataset ({type(e).__name__}: {e}); "
+            "check the name and network, or point data.path at a local file."
+        ) from e
     if field not in ds.column_names:
         raise ValueError(f"{path} has no column {field!r} (columns: {', '.join(ds.column_names)}); "
                          "set data.text_field to one of them.")
@@ -199,9 +182,7 @@ def check_corpus(spec: CorpusSpec) -> list[tuple[str, str, str]]:
         fmt = spec.format or fmt
         field = field if (field and not spec.format) else spec.text_field
         if not fmt:
-            suffix = path.suffix.lower().lstrip(".")
-            fmt = {"tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "txt": "text", "text": "text",
-                   "tokens": "wikitext", "raw": "text"}.get(suffix, "")
+            fmt = corpus.format_of(path) or ""
             if not fmt:
                 name = str(path)
                 if not path.exists() and "/" in name and not name.startswith((".", "/", "~")):
@@ -292,11 +273,7 @@ def load_corpus(spec: CorpusSpec, tokenizer, *, cache_dir: str | os.PathLike,
                          f"{position_limit}; lower data.max_length.")
     arrays = tokenize(texts, tokenizer, length, spec.padding)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=file.name, suffix=".tmp.npz", dir=cache_dir)
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, file)
+    files.write_bytes_with(file, lambda tmp: np.savez(tmp, **arrays))
     log.info("tokenised %d texts to length %d (cached in %s)", len(texts), length, file)
     return arrays
 

@@ -68,8 +68,25 @@ def split_list(value: str, key: str) -> list[str]:
     return items
 
 
+# numeric grid fields and their smallest allowed value (0 means "all" / "no cap" where allowed)
+_LOWEST = {"evaluate.batch_size": 1, "evaluate.limit": 0, "evaluate.seed": 0, "measure.batch_size": 1,
+           "measure.max_tokens": 0, "measure.min_count": 1, "measure.label_shift": 0, "measure.seed": 0}
+
+
+def check_ranges(grid: Any) -> None:
+    """Raises ValueError naming the grid config field whose number is out of range (before any work)."""
+    for key, low in _LOWEST.items():
+        section, name = key.split(".")
+        value = grid[section][name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"grid config {key}={value!r} must be a whole number >= {low}.")
+    if grid.measure.label_shift > 1:
+        raise ValueError(f"grid config measure.label_shift={grid.measure.label_shift} must be 0 or 1.")
+
+
 def cells(grid: Any) -> list[Cell]:
     """The grid's cells in their fixed order: the base model, then recipe x arm x seed."""
+    check_ranges(grid)
     recipes = split_list(grid.recipes, "recipes")
     for r in recipes:
         if r not in grid.recipe:
@@ -83,6 +100,8 @@ def cells(grid: Any) -> list[Cell]:
         seeds = [int(s) for s in split_list(grid.seeds, "seeds")]
     except ValueError:
         raise ValueError(f"grid config seeds={grid.seeds!r} must be comma-separated integers.") from None
+    if min(seeds) < 0:
+        raise ValueError(f"grid config seeds={grid.seeds!r} must be whole numbers >= 0.")
     out = [Cell(0)]
     for r in recipes:
         for a in arms:
@@ -234,8 +253,9 @@ def _measure(grid: Any, model_dir: str, init_missing_head: bool, out: Path) -> N
     from ncjax import convert, measure
 
     m = grid.measure
-    model, _ = convert.load_model(model_dir, init_missing_head=init_missing_head, seed=0)
+    model, config = convert.load_model(model_dir, init_missing_head=init_missing_head, seed=0)
     tokenizer = convert.load_tokenizer(model_dir)
+    convert.check_tokenizer(tokenizer, config.vocab_size, model_dir)
     lines = measure.read_corpus(str(_resource_or_path(m.corpus)), column=m.column or None)
     results = {}
     for name in split_list(m.class_sets, "measure.class_sets"):

@@ -13,38 +13,23 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ncjax import files
+
 log = logging.getLogger(__name__)
 
 
-def replace_atomic(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Renames a finished temporary file onto `path` with ordinary permissions (mkstemp's are 0600)."""
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        replace_atomic(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """`ncjax.files.write_text` (atomic, the user's umask)."""
+    files.write_text(path, text)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes `obj` as indented JSON to `path` through a temporary file and a rename."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """`ncjax.files.write_json` with sorted keys (strict JSON: a NaN or infinity becomes null)."""
+    files.write_json(path, obj, sort_keys=True)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -60,11 +45,7 @@ def _truncate_after(path: Path, step: int) -> None:
     kept = [r for r in records if r.get("step", 0) <= step]
     if len(kept) == len(records):
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for r in kept:
-            f.write(json.dumps(r) + "\n")
-    replace_atomic(tmp, path)
+    files.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _clean(value: Any) -> Any:

@@ -19,63 +19,26 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from ncjax import penalty
+from ncjax import corpus
+from ncjax.classes import make_slot_table, shift_targets
 from ncjax.collapse import accumulate_means, accumulate_second, class_means, class_subset, init_stats, metrics
 
 log = logging.getLogger(__name__)
 
 
 def read_corpus(path: str, *, column: str | int | None = None, field: str | None = None) -> list[str]:
-    """Lines of text from a corpus file: JSON Lines (`.jsonl`, or `field` given: that field of
-    each object, default 'text'), TSV (`.tsv`, or `column` given: that column by header name or
-    0-based index, default the 'Text'/'text' header), else plain text (one sequence a line).
-    Blank entries are skipped."""
-    import csv
-    import json
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"corpus {p} does not exist; give a text, .tsv or .jsonl file.")
-    if field is not None or p.suffix == ".jsonl":
-        key = field or "text"
-        out = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"corpus {p} line {n} is not valid JSON ({e}); fix the line.") from None
-            if not isinstance(obj, dict) or key not in obj:
-                raise ValueError(f"corpus {p} line {n} has no field {key!r}; pick the text field with --field.")
-            out.append(str(obj[key]))
-        return [t for t in out if t.strip()]
-    if column is not None or p.suffix == ".tsv":
-        with p.open(encoding="utf-8", newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        if not rows:
-            return []
-        header = rows[0]
-        if column is None:
-            column = next((c for c in ("Text", "text") if c in header), None)
-            if column is None:
-                raise ValueError(f"corpus {p} has no 'Text' column; name the text column with --column.")
-        if isinstance(column, str) and column.isdigit():
-            column = int(column)
-        if isinstance(column, int):
-            idx, body = column, rows
-        elif column in header:
-            idx, body = header.index(column), rows[1:]
-        else:
-            raise ValueError(f"corpus {p} has no column {column!r} (header: {', '.join(header)}); fix --column.")
-        out = []
-        for n, row in enumerate(body, 1):
-            if idx >= len(row):
-                raise ValueError(f"corpus {p} row {n} has {len(row)} columns, fewer than column {column!r} needs.")
-            out.append(row[idx])
-        return [t for t in out if t.strip()]
-    return [t for t in p.read_text(encoding="utf-8").splitlines() if t.strip()]
+    """Non-blank texts of a corpus file, read by `ncjax.corpus` (the rules training uses): JSON
+    Lines (`.jsonl`, or `field` given: that field of each object, default 'text'), TSV or CSV
+    (`.tsv`/`.csv`, or `column` given: that column by header name, or by 0-based index for a file
+    without a header; default the 'Text'/'text' column), else plain text (one sequence a line)."""
+    fmt = "jsonl" if field is not None else corpus.format_of(path)
+    if column is not None and fmt not in ("tsv", "csv"):
+        fmt = "tsv"
+    if fmt in ("tsv", "csv"):
+        key: Any = ("Text", "text") if column is None else int(column) if str(column).isdigit() else column
+    else:
+        key, fmt = field or "text", fmt if fmt == "jsonl" else "text"
+    return [t for t in corpus.read_rows(path, fmt, key) if t.strip()]
 
 
 def _tokenize(tokenizer, lines, max_length, label_shift, max_tokens, chunk=1024):
@@ -90,11 +53,7 @@ def _tokenize(tokenizer, lines, max_length, label_shift, max_tokens, chunk=1024)
         for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
             ids = np.asarray(ids, np.int32)
             counted = 1 - np.asarray(special, np.int32)
-            if label_shift == 0:
-                labels, weights = ids, counted
-            else:
-                labels = np.concatenate([ids[1:], [0]]).astype(np.int32)
-                weights = np.concatenate([counted[1:], [0]]).astype(np.int32)
+            labels, weights = shift_targets(ids, counted, label_shift=label_shift, xp=np)
             if budget is not None:
                 weights = weights * (np.cumsum(weights) <= budget)
                 budget -= int(weights.sum())
@@ -168,7 +127,7 @@ def measure(
     if not np.isin(seen, subset.ids).any():
         raise ValueError(f"no token of the class set {classes!r} occurs in the corpus; use a corpus that contains them.")
     k = subset.ids.size
-    table = penalty.make_slot_table(subset.ids, config.vocab_size)
+    table = make_slot_table(subset.ids, config.vocab_size)
     class_w = model.decoder_weight()[jnp.asarray(subset.ids)]
     graphdef, state = nnx.split(model)
     static = {"graphdef": graphdef, "features": features}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ncjax import data
+from ncjax import data, files
 from ncjax.text import counterfactual
 
 BUNDLED = "bundled:glue_pairs"
@@ -61,7 +61,7 @@ def _is_hub(path: str) -> bool:
 
 def _read_tsv(file: Path) -> list[dict[str, str]]:
     # GLUE files hold unbalanced quotes: no quoting; utf-8-sig drops MRPC's byte-order mark.
-    with open(file, encoding="utf-8-sig", newline="") as f:
+    with files.text_stream(file, "utf-8-sig") as f:
         return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
@@ -84,7 +84,7 @@ def read_columns(path: str, split: str, cache_dir: Path) -> dict[str, list[str]]
                                     "check the name and network, or point data.path at a local file.") from e
         return {c: [str(v) for v in ds[c]] for c in ds.column_names}
     file = Path(path).expanduser()
-    with open(file, encoding="utf-8-sig", newline="") as f:
+    with files.text_stream(file, "utf-8-sig") as f:
         rows = list(csv.DictReader(f, delimiter="\t" if file.suffix.lower() == ".tsv" else ","))
     columns = list(rows[0]) if rows else []
     return {c: [r[c] or "" for r in rows] for c in columns}

@@ -9,7 +9,9 @@ those classes (the tied word embedding). For each class present so far:
     s_c  = cos(W[c], mu_c - mu_G),  normalize(x) = x / (||x|| + eps), eps = float32 epsilon
     R    = unbiased std of s_c over the present classes  (0, with nc3_valid False, if < 2)
 
-Public API (the train step calls these inside `jax.jit`):
+Public API (the train step calls these inside `jax.jit`); the class-statistics primitives
+(`make_slot_table`, `penalty_targets`, `class_sums`, `class_sums_segment`, `EPS`) live in
+`ncjax.classes`, shared with the NC metrics, and are re-exported here:
 
 - `make_slot_table(class_ids, vocab_size) -> [vocab] int32`: vocabulary id -> slot. Slot k
   for `class_ids[k]`, slot K for every other id (discarded).
@@ -42,67 +44,22 @@ divides per device.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from ncjax.classes import (  # noqa: F401  (re-exported: the penalty's public API)
+    EPS,
+    acc_dtype,
+    class_sums,
+    class_sums_segment,
+    make_slot_table,
+    normalize,
+    penalty_targets,
+)
 
 PenaltyState = dict  # {'sums': [K, H] float32, 'counts': [K] float32}
 
 MODES = ("reference", "batch")
-
-# float32 machine epsilon, as in the reference normalize(x) = x / (||x|| + eps).
-EPS = float(np.finfo(np.float32).eps)
-
-# Sums must not silently drop to TF32/bf16 passes on accelerators.
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def make_slot_table(class_ids: Sequence[int], vocab_size: int) -> jnp.ndarray:
-    """Vocabulary -> slot lookup: [vocab_size] int32, slot k for class_ids[k], K otherwise.
-
-    Raises ValueError on duplicate or out-of-range ids, since either would silently merge or
-    drop a class.
-    """
-    ids = np.asarray(list(class_ids), dtype=np.int64)
-    if ids.ndim != 1 or ids.size == 0:
-        raise ValueError("make_slot_table: class_ids must be a non-empty 1-D list of token ids.")
-    if len(np.unique(ids)) != ids.size:
-        raise ValueError("make_slot_table: class_ids contains duplicate token ids; deduplicate the word set first.")
-    if ids.min() < 0 or ids.max() >= vocab_size:
-        raise ValueError(
-            f"make_slot_table: class id {int(ids.max() if ids.max() >= vocab_size else ids.min())} is outside "
-            f"the vocabulary [0, {vocab_size}); resolve the word set with the model's own tokenizer."
-        )
-    table = np.full((vocab_size,), ids.size, dtype=np.int32)
-    table[ids] = np.arange(ids.size, dtype=np.int32)
-    return jnp.asarray(table)
-
-
-def penalty_targets(
-    input_ids: jnp.ndarray, attention_mask: jnp.ndarray, *, label_shift: int
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Class label and weight for every position.
-
-    input_ids, attention_mask: [batch, length]. label_shift=0: labels[t] = input_ids[t],
-    weights[t] = attention_mask[t]. label_shift=1 (the released code's next-token pairing):
-    labels[t] = input_ids[t + 1], weights[t] = attention_mask[t + 1], and the last position
-    has weight 0. Returns (labels [batch, length] int32, weights [batch, length] float32).
-    Nothing here is differentiated.
-    """
-    input_ids = jnp.asarray(input_ids)
-    attention_mask = jnp.asarray(attention_mask)
-    if label_shift == 0:
-        labels, weights = input_ids, attention_mask
-    elif label_shift == 1:
-        pad_ids = jnp.zeros_like(input_ids[:, :1])
-        labels = jnp.concatenate([input_ids[:, 1:], pad_ids], axis=1)
-        weights = jnp.concatenate([attention_mask[:, 1:], jnp.zeros_like(attention_mask[:, :1])], axis=1)
-    else:
-        raise ValueError(f"penalty_targets: label_shift must be 0 or 1, got {label_shift!r}.")
-    return labels.astype(jnp.int32), weights.astype(jnp.float32)
-
 
 def init_state(num_classes: int, hidden: int) -> PenaltyState:
     """Empty running statistics: {'sums': [K, hidden] float32 zeros, 'counts': [K] float32 zeros}."""
@@ -110,70 +67,6 @@ def init_state(num_classes: int, hidden: int) -> PenaltyState:
         "sums": jnp.zeros((num_classes, hidden), jnp.float32),
         "counts": jnp.zeros((num_classes,), jnp.float32),
     }
-
-
-def _acc_dtype(*arrays) -> jnp.dtype:
-    # At least float32 (bf16 inputs accumulate in float32); float64 stays float64 so that
-    # gradient checks can run under jax.enable_x64.
-    return jnp.result_type(jnp.float32, *[a.dtype for a in arrays])
-
-
-def _flatten(features, labels, weights):
-    hidden = features.shape[-1]
-    dtype = _acc_dtype(features)
-    return (
-        features.reshape(-1, hidden).astype(dtype),
-        labels.reshape(-1),
-        weights.reshape(-1).astype(dtype),
-    )
-
-
-def class_sums(
-    features: jnp.ndarray,
-    labels: jnp.ndarray,
-    weights: jnp.ndarray,
-    slot_table: jnp.ndarray,
-    num_classes: int,
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Per-class weighted sums and counts via a one-hot einsum over the K class slots.
-
-    features: [..., hidden] (any float dtype; accumulated in at least float32); labels, weights: [...]
-    (token ids and 0/1 or real weights). Returns (sums [K, hidden] float32, counts [K] float32).
-    Differentiable in `features`. The one-hot is tokens x K, never tokens x vocab; the
-    discard slot K falls outside `jax.nn.one_hot`'s range and so becomes a zero row.
-    """
-    x, y, w = _flatten(features, labels, weights)
-    slots = slot_table[y]
-    onehot = jax.nn.one_hot(slots, num_classes, dtype=x.dtype) * w[:, None]  # [N, K]
-    sums = jnp.einsum("nk,nh->kh", onehot, x, precision=_HIGHEST)
-    counts = jnp.sum(onehot, axis=0)
-    return sums, counts
-
-
-def class_sums_segment(
-    features: jnp.ndarray,
-    labels: jnp.ndarray,
-    weights: jnp.ndarray,
-    slot_table: jnp.ndarray,
-    num_classes: int,
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Same contract as `class_sums`, computed with `jax.ops.segment_sum` (the test oracle)."""
-    x, y, w = _flatten(features, labels, weights)
-    slots = slot_table[y]
-    sums = jax.ops.segment_sum(x * w[:, None], slots, num_segments=num_classes + 1)[:num_classes]
-    counts = jax.ops.segment_sum(w, slots, num_segments=num_classes + 1)[:num_classes]
-    return sums, counts
-
-
-def _safe_norm(x: jnp.ndarray) -> jnp.ndarray:
-    # A plain sqrt has an infinite derivative at 0; absent classes can give exact zeros.
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
-
-
-def _normalize(x: jnp.ndarray) -> jnp.ndarray:
-    return x / (_safe_norm(x) + EPS)
 
 
 def nc3_from_stats(
@@ -186,7 +79,7 @@ def nc3_from_stats(
     Differentiable in sums and class_weights; R is 0 with a zero gradient when fewer than
     2 classes are present or all s_c are equal.
     """
-    dtype = _acc_dtype(sums, class_weights)
+    dtype = acc_dtype(sums, class_weights)
     sums = sums.astype(dtype)
     counts = counts.astype(dtype)
     present = counts > 0
@@ -196,7 +89,7 @@ def nc3_from_stats(
     mu = mu * pf[:, None]
     mu_g = jnp.sum(mu, axis=0) / jnp.maximum(n, 1.0)
     m = (mu - mu_g) * pf[:, None]
-    s = jnp.sum(_normalize(class_weights.astype(dtype)) * _normalize(m), axis=-1)  # [K]
+    s = jnp.sum(normalize(class_weights.astype(dtype)) * normalize(m), axis=-1)  # [K]
     mean_s = jnp.sum(s * pf) / jnp.maximum(n, 1.0)
     var = jnp.sum(pf * (s - mean_s) ** 2) / jnp.maximum(n - 1.0, 1.0)
     valid = n >= 2

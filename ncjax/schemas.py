@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ncjax import data, pairs
+from ncjax import data, files, pairs
 from ncjax.text import counterfactual
 
 SCHEMAS = ("sequences", "ase", "mabel")
@@ -74,12 +74,12 @@ def resolve_winobias(path: str) -> list[Path]:
     bundled dev files) or a comma-separated list of files."""
     if path.strip() == "bundled:winobias_dev":
         return [data.resource_path(*rel.split("/")) for rel in WINOBIAS_DEV]
-    files = [Path(p.strip()).expanduser() for p in path.split(",") if p.strip()]
-    for f in files:
+    paths = [Path(p.strip()).expanduser() for p in path.split(",") if p.strip()]
+    for f in paths:
         if not f.is_file():
             raise FileNotFoundError(f"data.path {f} does not exist; point data.path at WinoBias-format text files "
                                     "(one sentence a line, the pronoun in brackets) or bundled:winobias_dev.")
-    return files
+    return paths
 
 
 def mask_pronoun(line: str, mask_token: str = "[MASK]") -> tuple[str, str] | None:
@@ -148,16 +148,16 @@ def encode_ase(examples: Sequence[tuple[str, str]], tokenizer, length: int,
     return arrays
 
 
-def read_lines(files: Sequence[Path]) -> list[str]:
-    return [ln for f in files for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+def read_lines(paths: Sequence[Path]) -> list[str]:
+    return [ln for f in paths for ln in files.read_text(f).splitlines() if ln.strip()]
 
 
 def load_ase(data_config, tokenizer) -> dict[str, np.ndarray]:
     """The ASE arrays of data.path (WinoBias-format files), with bias-bench's gender pairs for
     the swaps and data.neutral_words (a file, one word a line, or tab-separated words) as the
     neutral words. Raises ValueError / FileNotFoundError in one sentence."""
-    files = resolve_winobias(data_config.path)
-    examples = ase_examples(read_lines(files), data.attribute_pairs("gender"), tokenizer.mask_token,
+    paths = resolve_winobias(data_config.path)
+    examples = ase_examples(read_lines(paths), data.attribute_pairs("gender"), tokenizer.mask_token,
                             source=f"data.path {data_config.path}")
     return encode_ase(examples, tokenizer, int(data_config.max_length), load_words(data_config.neutral_words))
 
@@ -169,7 +169,7 @@ def load_words(path: str) -> list[str]:
     if not file.is_file():
         raise FileNotFoundError(f"data.neutral_words {path} does not exist; name a word-list file or "
                                 "bundled:ase_neutral.")
-    return [w for ln in file.read_text(encoding="utf-8").splitlines() for w in ln.split("\t") if w.strip()]
+    return [w for ln in files.read_text(file).splitlines() for w in ln.split("\t") if w.strip()]
 
 
 def fisher_lines(pro: Sequence[str], anti: Sequence[str]) -> list[str]:

@@ -158,8 +158,30 @@ def _read_flax_msgpack(file: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def unreadable(file: Path, e: BaseException, what: str = "is truncated or corrupt") -> ValueError:
+    """The one-line error for a weight or checkpoint file the reader library rejects (truncated by
+    an interrupted download or copy, or not what its name says)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = (lines[0] if lines else type(e).__name__)[:200]
+    return ValueError(f"{file} {what} ({type(e).__name__}: {why}); download or convert it again.")
+
+
 def read_weights(file: Path) -> dict[str, np.ndarray]:
-    """Every tensor of one weight file (or sharded index) as numpy, under its stored name."""
+    """Every tensor of one weight file (or sharded index) as numpy, under its stored name; a
+    truncated or corrupt file is a ValueError naming it."""
+    try:
+        return _read_weights(file)
+    except (ImportError, FileNotFoundError):
+        raise
+    except ValueError as e:
+        if str(file) in str(e):  # already ours, naming the file
+            raise
+        raise unreadable(file, e) from e
+    except Exception as e:  # noqa: BLE001  (safetensors, torch, pickle and msgpack each raise their own)
+        raise unreadable(file, e) from e
+
+
+def _read_weights(file: Path) -> dict[str, np.ndarray]:
     name = file.name
     if name.endswith(".index.json"):
         index = json.loads(file.read_text())

@@ -14,7 +14,8 @@ DistilBERT) ignores the space (first piece `nurse`, continuations `##...`); byte
 (RoBERTa) marks the word start (`Ġnurse`; without the space it would be `nurse`, the
 sentence-initial form, another id); SentencePiece (ALBERT) marks every word start (`▁nurse`).
 
-Words whose piece is the tokenizer's unknown token are dropped under both policies. The
+Words whose piece is the tokenizer's unknown token, or one of its special tokens ([CLS], [SEP],
+[MASK], [PAD]: never a class, since they carry no word), are dropped under both policies. The
 resolution carries the sorted unique ids and a report: kept words (with their id and piece),
 dropped words (with the reason), partial words (first_piece only) and collisions (ids reached
 from more than one side, e.g. `country` from countrywoman and countryman).
@@ -33,9 +34,10 @@ with '#' are skipped; repeated words within a side count once.
 from __future__ import annotations
 
 import dataclasses
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
+
+from ncjax import files
 
 POLICIES = ("first_piece", "whole_word")
 
@@ -70,7 +72,7 @@ class Kept:
 class Dropped:
     word: str
     side: str
-    reason: str  # 'multi_piece' (whole_word policy), 'unknown' or 'empty'
+    reason: str  # 'multi_piece' (whole_word policy), 'unknown', 'special' or 'empty'
     pieces: tuple[str, ...]
 
 
@@ -154,9 +156,9 @@ def bundled(name: str) -> WordSet:
     """One of the bundled word sets: 'gender-adept' or 'gender-gnglove'."""
     if name not in _BUNDLED:
         raise ValueError(f"unknown bundled word set {name!r}; choose one of {', '.join(_BUNDLED)}.")
-    root = resources.files("ncjax") / "resources" / "words"
+    root = files.resource_path("words")
     sides = {
-        side: _unique(_read_lines((root / rel).read_text(encoding="utf-8")))
+        side: _unique(_read_lines(files.read_text(root / rel)))
         for side, rel in _BUNDLED[name].items()
     }
     return WordSet(name, sides)
@@ -173,14 +175,14 @@ def load_word_list(spec: str | Path) -> WordSet:
     if len(paths) > 1:
         sides = {}
         for p in paths:
-            words = _read_lines(p.read_text(encoding="utf-8"))
+            words = _read_lines(files.read_text(p))
             if any(len(_split_pair(w)) != 1 for w in words):
                 raise ValueError(f"word list {p}: give one word per line when lists are given as separate files.")
             name = p.stem if p.stem not in sides else str(p)
             sides[name] = _unique(words)
         ws = WordSet(spec, sides)
     else:
-        rows = [_split_pair(ln) for ln in _read_lines(paths[0].read_text(encoding="utf-8"))]
+        rows = [_split_pair(ln) for ln in _read_lines(files.read_text(paths[0]))]
         widths = {len(r) for r in rows}
         if not rows:
             raise ValueError(f"word list {spec} holds no words; give one word per line.")
@@ -211,6 +213,14 @@ def load_word_set(spec: str | Path) -> WordSet:
     return load_word_list(spec)
 
 
+def special_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids of a tokenizer's special tokens ([CLS], [SEP], [MASK], [PAD], [UNK], ...)."""
+    if hasattr(tokenizer, "all_special_ids"):  # transformers
+        return frozenset(int(i) for i in tokenizer.all_special_ids)
+    added = getattr(tokenizer, "get_added_tokens_decoder", lambda: {})()  # tokenizers.Tokenizer
+    return frozenset(int(i) for i, t in added.items() if getattr(t, "special", False))
+
+
 def _pieces(tokenizer: Any, word: str) -> tuple[list[str], list[int], int | None]:
     """Word -> (pieces, ids, unk_id) for a transformers tokenizer or a `tokenizers.Tokenizer`,
     the word tokenised as it follows a space in running text."""
@@ -234,6 +244,7 @@ def resolve(word_set: WordSet, tokenizer: Any, policy: str = "first_piece", *, m
     if policy not in POLICIES:
         raise ValueError(f"unknown word policy {policy!r}; choose first_piece or whole_word.")
     kept, dropped = [], []
+    special = special_ids(tokenizer)
     by_id: dict[int, dict[str, list[str]]] = {}
     piece_of: dict[int, str] = {}
     for side, words in word_set.sides.items():
@@ -244,6 +255,9 @@ def resolve(word_set: WordSet, tokenizer: Any, policy: str = "first_piece", *, m
                 continue
             if unk_id is not None and ids[0] == unk_id:
                 dropped.append(Dropped(word, side, "unknown", tuple(pieces)))
+                continue
+            if ids[0] in special:
+                dropped.append(Dropped(word, side, "special", tuple(pieces)))
                 continue
             whole = len(ids) == 1
             if policy == "whole_word" and not whole:

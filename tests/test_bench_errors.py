@@ -34,9 +34,9 @@ def test_launch_reports_errors_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "now 'winobias-probe'" in err and "'coref'" in err and err.count("\n") == 1
     with pytest.raises(SystemExit):
-        launch_evaluate.parse_args(["--model", "x", "--output", "o.json", "--limit", "0"])
+        launch_evaluate.parse_args(["--model", "x", "--output", "o.json", "--limit", "-1"])
     err = capsys.readouterr().err
-    assert "--limit '0' must be a positive whole number" in err and err.count("\n") == 1
+    assert "--limit '-1' must be a whole number of examples >= 0" in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
 
 
@@ -90,7 +90,7 @@ def test_malformed_rows_report_their_line(tmp_path):
 
 def test_tokenizer_must_fit_the_model_vocabulary(tiny_bert_dir):
     tok = AutoTokenizer.from_pretrained(str(tiny_bert_dir))
-    with pytest.raises(ValueError, match=r"has 54 tokens but the model's vocab_size is only 50; load the tokenizer"):
+    with pytest.raises(ValueError, match=r"has 54 tokens but the model's vocab_size is 50; use the tokenizer"):
         Scorer(tok, vocab_size=50, max_length=512, source=str(tiny_bert_dir))
     assert Scorer(tok, vocab_size=64, max_length=512).vocab_size == 64  # a padded vocabulary is fine
 

@@ -14,11 +14,12 @@ Fine-tuning benchmarks: `glue`, `coref` (WinoBias coreference through a GAP-trai
 
 from ncjax.bench.report import markdown, write_json
 from ncjax.bench.scorer import JaxScorer, MaskedQuery, Scorer, TorchScorer, load_scorer
-from ncjax.bench.suite import BENCHMARKS, DATA_DIR, evaluate, parse_benchmarks
+from ncjax.bench.suite import BENCHMARKS, DATA_DIR, IncompleteSuiteError, evaluate, parse_benchmarks
 
 __all__ = [
     "BENCHMARKS",
     "DATA_DIR",
+    "IncompleteSuiteError",
     "JaxScorer",
     "MaskedQuery",
     "Scorer",

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax import files
 from ncjax.bench.registry import Benchmark, Context, Option, fmt
 from ncjax.bench.scorer import MaskedQuery, Progress, Scorer
 
@@ -55,7 +56,7 @@ def load(path: str | Path) -> list[Row]:
     if not path.is_file():
         raise FileNotFoundError(f"BEC-Pro file {path} not found; pass --data-dir with bec_pro/.")
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with files.text_stream(path) as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header is None:
@@ -152,6 +153,14 @@ def summarise(rows: Sequence[Row], assoc: np.ndarray) -> dict[str, Any]:
     return {"mean_association": means, "gap": gaps, "count": len(rows)}
 
 
+def _rows_and_length(path: str | Path, limit: int | None) -> tuple[list[Row], int]:
+    """The first `limit` rows and the padded length L of the whole file."""
+    rows = load(path)
+    if not rows:
+        raise ValueError(f"{path} has no data rows.")
+    return rows[:limit], padded_length(rows)
+
+
 def run(
     path: str | Path,
     scorer: Scorer,
@@ -163,11 +172,7 @@ def run(
     """Loads, scores and summarises BEC-Pro. L comes from the whole file even when `limit` cuts rows.
 
     records: when a list, gets one dict per row (line, person, gender, profession, group, association)."""
-    rows = load(path)
-    if not rows:
-        raise ValueError(f"{path} has no data rows.")
-    length = padded_length(rows)
-    rows = rows[:limit]
+    rows, length = _rows_and_length(path, limit)
     assoc = associations(rows, scorer, padding, length, progress)
     if records is not None:
         records += [{"line": r.line, "person": r.person, "gender": r.gender, "profession": r.profession,
@@ -177,6 +182,12 @@ def run(
 
 def _run(ctx: Context) -> dict[str, Any]:
     return ctx.scored("becpro", run, ctx.data_path("becpro"), ctx.scorer, padding=ctx.options["becpro_padding"])
+
+
+def _inputs(ctx: Context) -> list[tuple[int, ...]]:
+    rows, length = _rows_and_length(ctx.data_path("becpro"), ctx.limit)
+    pairs = build_queries(rows, ctx.scorer.tokenizer, ctx.options["becpro_padding"], length)
+    return [q.token_ids for pair in pairs for q in pair]
 
 
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -193,7 +204,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 BENCHMARK = Benchmark(
-    name="becpro", title="BEC-Pro", kind="mlm", data=("bec_pro/BEC-Pro_EN.tsv",), run=_run, rows=_rows,
+    name="becpro", title="BEC-Pro", kind="mlm", data=("bec_pro/BEC-Pro_EN.tsv",), run=_run, rows=_rows, inputs=_inputs,
     options=(Option("becpro_padding", "original", "BEC-Pro inputs: reference [MASK] padding to 16 (default) "
                     "or no padding", choices=PADDINGS),),
 )

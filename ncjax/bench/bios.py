@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ncjax import files
 from ncjax.bench import finetune as ft
 from ncjax.bench import runs
 from ncjax.bench.heads import SequenceHead
@@ -36,7 +37,7 @@ from ncjax.bench.registry import Benchmark, Context, Option, fmt
 
 log = logging.getLogger(__name__)
 
-PROF2IND = Path(__file__).resolve().parent.parent / "resources" / "bios" / "prof2ind.json"
+PROF2IND = files.resource_path("bios", "prof2ind.json")
 SPLITS = ("train", "dev", "test")
 SETTINGS = ("probe", "finetune")
 HOW_TO_GET = ("put train/dev/test .jsonl (hard_text, profession, gender) in --bios-dir, e.g. on a machine with "

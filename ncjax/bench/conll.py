@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ncjax import files
 from ncjax.bench.coref import FEMALE, MALE, Example
 
 PRONOUNS = MALE | FEMALE
@@ -39,7 +40,7 @@ def _documents(path: Path) -> list[Document]:
     doc: Document | None = None
     sent: list[str] = []
     open_: dict[int, list[tuple[int, int]]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(files.read_text(path).splitlines(), start=1):
         if line.startswith("#begin document"):
             doc, sent, open_ = Document(line[len("#begin document"):].strip(), [], []), [], {}
             continue

@@ -35,15 +35,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax import files
 from ncjax.bench import finetune as ft
 from ncjax.bench import runs
 from ncjax.bench.heads import SpanPairHead
 from ncjax.bench.registry import Benchmark, Context, Option, fmt
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-GAP_DIR = RESOURCES / "gap"
-OCCUPATIONS_DIR = RESOURCES / "winobias"
-WINOBIAS_DIR = RESOURCES / "bench" / "winobias"
+GAP_DIR = files.resource_path("gap")
+OCCUPATIONS_DIR = files.resource_path("winobias")
+WINOBIAS_DIR = files.resource_path("bench", "winobias")
 GAP_TRAIN = ("gap-development.tsv", "gap-validation.tsv")
 GAP_TEST = "gap-test.tsv"
 MALE = {"he", "him", "his", "himself"}
@@ -79,7 +79,7 @@ def load_gap(path: Path) -> list[Example]:
         raise FileNotFoundError(f"GAP file {path} not found; copy gap-development/validation/test.tsv from "
                                 "google-research-datasets/gap-coreference there.")
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with files.text_stream(path) as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         for n, r in enumerate(reader, start=2):
             where = f"{path}:{n}"
@@ -127,7 +127,7 @@ def load_occupations(directory: Path = OCCUPATIONS_DIR) -> list[str]:
         p = directory / name
         if not p.is_file():
             raise FileNotFoundError(f"WinoBias occupation list {p} not found; copy it from uclanlp/corefBias.")
-        words += [w.strip() for w in p.read_text(encoding="utf-8").splitlines() if w.strip()]
+        words += [w.strip() for w in files.read_text(p).splitlines() if w.strip()]
     return words
 
 
@@ -184,7 +184,7 @@ def load_winobias(directory: Path, occupations: Sequence[str]) -> dict[tuple[str
             p = directory / f"{stance}_stereotyped_{kind}.txt.test"
             if not p.is_file():
                 raise FileNotFoundError(f"WinoBias file {p} not found; pass --coref-winobias-dir with the test files.")
-            lines = p.read_text(encoding="utf-8").splitlines()
+            lines = files.read_text(p).splitlines()
             out[(kind, stance)] = [parse_winobias(x, f"{p}:{n}", occupations)
                                    for n, x in enumerate(lines, start=1) if x.strip()]
     return out

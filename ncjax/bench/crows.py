@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax import files
 from ncjax.bench.registry import Benchmark, Context, Option, fmt
 from ncjax.bench.scorer import MaskedQuery, Progress, Scorer
 
@@ -63,7 +64,7 @@ def load(path: str | Path) -> list[Pair]:
     if not path.is_file():
         raise FileNotFoundError(f"CrowS-Pairs file {path} not found; pass --data-dir with crows_pairs/.")
     pairs = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with files.text_stream(path) as f:
         reader = csv.DictReader(f)
         missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -215,6 +216,14 @@ def _run(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def _inputs(ctx: Context) -> list[tuple[int, ...]]:
+    pairs = load(ctx.data_path("crows"))[:ctx.limit]
+    queries = build_queries(pairs, ctx.scorer.tokenizer)[0]
+    if ctx.options["crows_pll"]:
+        queries += build_queries(pairs, ctx.scorer.tokenizer, pll=True)[0]
+    return [q.token_ids for q in queries]
+
+
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     out = []
     for key, name in (("crows", "CrowS-Pairs"), ("crows_pll", "CrowS-Pairs (PLL)")):
@@ -226,7 +235,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 BENCHMARK = Benchmark(
     name="crows", title="CrowS-Pairs", kind="mlm", data=("crows_pairs/crows_pairs_anonymized.csv",),
-    run=_run, rows=_rows,
+    run=_run, rows=_rows, inputs=_inputs,
     options=(Option("crows_pll", False, "also score CrowS-Pairs with Nangia et al.'s pseudo-log-likelihood "
                     "(crows_pll)", switch=True),),
 )

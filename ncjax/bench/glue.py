@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax import files
 from ncjax.bench import finetune as ft
 from ncjax.bench import runs
 from ncjax.bench.heads import SequenceHead
@@ -37,7 +38,7 @@ from ncjax.bench.registry import Benchmark, Context, Option, comma_list, fmt
 
 log = logging.getLogger(__name__)
 
-GLUE_DIR = Path(__file__).resolve().parent.parent / "resources" / "glue"
+GLUE_DIR = files.resource_path("glue")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,7 @@ class Split:
 # ----------------------------------------------------------------------------- reading
 
 def _read_tsv(path: Path, header: bool) -> tuple[list[str] | None, list[list[str]]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with files.text_stream(path, "utf-8-sig") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     rows = [r for r in rows if r]
     return (rows[0], rows[1:]) if header else (None, rows)

@@ -48,15 +48,35 @@ class Option:
         return self.setting or self.name
 
 
-def positive_int(text: str) -> int:
-    """'12' -> 12; anything that is not a whole number >= 1 is a ValueError."""
+def _whole(text: str, low: int, what: str) -> int:
     try:
         n = int(text)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"{text!r} is not a positive whole number")
+        n = low - 1
+    if n < low:
+        raise ValueError(f"{text!r} is not a {what}")
     return n
+
+
+def positive_int(text: str) -> int:
+    """'12' -> 12; anything that is not a whole number >= 1 is a ValueError."""
+    return _whole(text, 1, "positive whole number")
+
+
+def natural_int(text: str) -> int:
+    """'0' -> 0; anything that is not a whole number >= 0 is a ValueError."""
+    return _whole(text, 0, "whole number >= 0")
+
+
+def positive_float(text: str) -> float:
+    """'2e-5' -> 2e-05; anything that is not a finite number > 0 is a ValueError."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = 0.0
+    if not 0.0 < x < float("inf"):
+        raise ValueError(f"{text!r} is not a positive number")
+    return x
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -107,7 +127,8 @@ class Benchmark:
     """name: the CLI/results name; title: the report's benchmark column; kind: 'mlm' or 'finetune';
     data: files or directories under the data directory that must exist before anything runs
     (`finetune` benchmarks check their own, optional, data); options: its keywords;
-    run: ctx -> {results key: value}; rows: results -> [(title, subset, scores)] report rows."""
+    run: ctx -> {results key: value}; rows: results -> [(title, subset, scores)] report rows;
+    inputs: ctx -> the token sequences it will score (raises on data the tokenizer cannot take)."""
 
     name: str
     title: str
@@ -119,6 +140,9 @@ class Benchmark:
     default: bool = True  # part of the default selection (the quick bias suite)
     data_option: str | None = None  # an option that, when set, is the data path instead of data[0]
     check: Callable[[dict[str, Any]], Any] | None = None  # validates its option values before any compute
+    # mlm benchmarks: ctx -> every token sequence the model will be given (the data read and
+    # tokenised with the scorer's tokenizer); the suite checks them all before scoring the first
+    inputs: Callable[[Context], Sequence[Sequence[int]]] | None = None
 
 
 @functools.cache

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
+from ncjax import files
 from ncjax.bench.registry import fmt
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Writes text to path through a temp file in the same directory and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Atomic, indented, strict JSON (NaN is an error, never silently written)."""
-    write_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+# The one atomic writer (strict JSON: a NaN score becomes null), under the name this package exports.
+write_json = files.write_json
 
 
 def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -12,24 +12,23 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ncjax import parallel
+from ncjax import files, parallel
 from ncjax.bench.finetune import Encoded, Hparams, Model, check_run_dir, finetune, predict, split_encoder
-from ncjax.bench.registry import Context, Option, positive_int
+from ncjax.bench.registry import Context, Option, positive_float, positive_int
 from ncjax.logs import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 
 OPTIONS = (
-    Option("ft_learning_rate", None, "fine-tuning peak learning rate (default: the task's, 2e-5)", parse=float),
+    Option("ft_learning_rate", None, "fine-tuning peak learning rate (default: the task's, 2e-5)", parse=positive_float),
     Option("ft_batch_size", None, "fine-tuning batch size (default: the task's, 32)", parse=positive_int),
-    Option("ft_epochs", None, "fine-tuning epochs (default: the task's, 3)", parse=float),
+    Option("ft_epochs", None, "fine-tuning epochs (default: the task's, 3)", parse=positive_float),
     Option("ft_max_length", None, "fine-tuning max sequence length (default: the task's, 128 for GLUE)",
            parse=positive_int),
     Option("ft_train_limit", None, "fine-tune on the first N training examples only (a reduced schedule)",
@@ -153,6 +152,4 @@ def run(
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    files.write_bytes_with(path, lambda tmp: np.savez(tmp, **arrays))

@@ -93,8 +93,7 @@ class Scorer:
 
     Args:
       tokenizer: a transformers tokenizer (fast BERT tokenizer for ncjax models).
-      vocab_size: rows of the model's decoder; at least len(tokenizer) (checkpoints often pad
-        their vocabulary past the tokenizer).
+      vocab_size: rows of the model's decoder; at least len(tokenizer) (a padded vocabulary is fine).
       max_length: the model's max_position_embeddings; longer inputs are an error.
       batch_size: rows per forward pass.
       length_multiple: padded lengths are rounded up to this multiple; None: to LENGTH_LADDER.
@@ -118,11 +117,9 @@ class Scorer:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if len(tokenizer) > vocab_size:
-            raise ValueError(
-                f"The tokenizer of {source} has {len(tokenizer)} tokens but the model's vocab_size is only "
-                f"{vocab_size}; load the tokenizer that was saved with this model."
-            )
+        from ncjax.convert import check_tokenizer
+
+        check_tokenizer(tokenizer, vocab_size, source)
         if tokenizer.mask_token_id is None:
             raise ValueError(f"The tokenizer of {source} has no mask token; a masked LM tokenizer is needed.")
         self.tokenizer = tokenizer
@@ -146,6 +143,16 @@ class Scorer:
     def _mean_hidden_batch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """ids, mask [B, L] int32 -> mean of the last encoder layer over attended tokens [B, H] float32."""
         raise NotImplementedError
+
+    def check_inputs(self, seqs: Sequence[Sequence[int]]) -> None:
+        """Raises ValueError, as scoring would, on a sequence that is empty, longer than the
+        model's positions or holds an id outside the vocabulary; checked before any compute."""
+        for seq in seqs:
+            self._check_length(seq)
+            bad = [t for t in seq if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"Token id {bad[0]} is outside the vocabulary of size {self.vocab_size} "
+                                 f"({self.source}); use the tokenizer saved with this model.")
 
     # -- batching --------------------------------------------------------------------------------
     def _check_length(self, seq: Sequence[int]) -> None:

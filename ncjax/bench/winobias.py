@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncjax import files
 from ncjax.bench.registry import Benchmark, Context, Option, comma_list, fmt
 from ncjax.bench.scorer import MaskedQuery, Progress, Scorer
 
@@ -66,7 +67,7 @@ def load_file(path: str | Path) -> list[Sentence]:
     if not path.is_file():
         raise FileNotFoundError(f"WinoBias file {path} not found; pass --data-dir with winobias/.")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(files.read_text(path).splitlines(), start=1):
         if line.strip():
             out.append(parse_line(line, f"{path}:{n}"))
     return out
@@ -111,6 +112,14 @@ def correct(sentences: Sequence[Sentence], scorer: Scorer, progress: Progress | 
     return np.array([lp[0] > lp[1:].max() for lp in logp], dtype=bool)
 
 
+def _groups(winobias_dir: str | Path, splits: Sequence[str], limit: int | None) -> dict[tuple[str, str], list[Sentence]]:
+    """{(type, stance): its first `limit` sentences over `splits`}."""
+    for s in splits:
+        if s not in SPLITS:
+            raise ValueError(f"Unknown WinoBias split {s!r}; use dev, test or both.")
+    return {(k, st): load(winobias_dir, k, st, splits)[:limit] for k in TYPES for st in STANCES}
+
+
 def run(
     winobias_dir: str | Path,
     scorer: Scorer,
@@ -122,10 +131,7 @@ def run(
     """pro_acc, anti_acc (percent) and gap per type; all files are scored in one batched pass.
 
     records: when a list, gets one dict per sentence (type, stance, where, correct)."""
-    for s in splits:
-        if s not in SPLITS:
-            raise ValueError(f"Unknown WinoBias split {s!r}; use dev, test or both.")
-    groups = {(k, st): load(winobias_dir, k, st, splits)[:limit] for k in TYPES for st in STANCES}
+    groups = _groups(winobias_dir, splits, limit)
     flat = [s for g in groups.values() for s in g]
     ok = correct(flat, scorer, progress)
     if records is not None:
@@ -148,13 +154,18 @@ def _run(ctx: Context) -> dict[str, Any]:
                       splits=ctx.options["winobias_splits"])
 
 
+def _inputs(ctx: Context) -> list[tuple[int, ...]]:
+    groups = _groups(ctx.data_path("winobias-probe"), ctx.options["winobias_splits"], ctx.limit)
+    return [q.token_ids for q in build_queries([s for g in groups.values() for s in g], ctx.scorer.tokenizer)]
+
+
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [("WinoBias (MLM probe)", kind, f"pro {fmt(r['pro_acc'])} · anti {fmt(r['anti_acc'])} · gap {fmt(r['gap'])}")
             for kind, r in results.get("winobias-probe", {}).items()]
 
 
 BENCHMARK = Benchmark(
-    name="winobias-probe", title="WinoBias (MLM probe)", kind="mlm", data=("winobias",), run=_run, rows=_rows,
+    name="winobias-probe", title="WinoBias (MLM probe)", kind="mlm", data=("winobias",), run=_run, rows=_rows, inputs=_inputs,
     options=(Option("winobias_splits", ("test",), "WinoBias probe splits: dev, test or dev,test (default: test)",
                     parse=comma_list),),
 )
