@@ -24,7 +24,8 @@ from ncjax import grid, summary
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = {
-    "evaluate.benchmarks": "crows,winobias-probe",
+    # bios has no data offline: every cell skips it and the report says so
+    "evaluate.benchmarks": "crows,winobias-probe,bios",
     "train_overrides": "train.num_steps=6;checkpoint.every_steps=3;log.tensorboard=false;"
                        "data.path=tests/fixtures/gender_lines.txt",
     "measure.class_sets": "gender-adept,all",
@@ -74,6 +75,7 @@ def test_report_files_and_rows(uninterrupted):
     json.loads((workdir / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
     md = (workdir / "report.md").read_text()
     assert "| bec + NC3 |" in md and "Significant at 95 %" in md and "Not significant" in md
+    assert report["benchmarks_skipped"] == ["bios"] and "skipped for lack of data: bios" in md
     # the baseline arm trains without the penalty, the +NC3 arm with it
     cfg = json.loads((workdir / "cells" / "001-bec-baseline-s0" / "cell.json").read_text())["train"]["config"]
     assert cfg["penalty"]["alpha"] == 0 and cfg["seed"] == 0

@@ -396,7 +396,7 @@ def test_evaluate_interrupt_leaves_no_output(tiny_bert_dir, bench_data, tmp_path
     (lambda d: {**d, "num_hidden_layers": True}, "field num_hidden_layers is True, not a whole number"),
     (lambda d: {**d, "hidden_dropout_prob": 1.5}, "field hidden_dropout_prob is 1.5; it must be in [0.0, 1.0)"),
     (lambda d: {**d, "layer_norm_eps": 0}, "field layer_norm_eps is 0; it must be positive"),
-    (lambda d: {**d, "model_type": "gpt2"}, "model_type 'gpt2' is not one ncjax loads (bert)"),
+    (lambda d: {**d, "model_type": "gpt2"}, "model_type 'gpt2' is not one ncjax loads (bert, roberta, distilbert, albert)"),
     (None, "config.json:3: byte 0xff is not UTF-8"),
 ])
 def test_bad_config_json_is_named_in_one_line(run, tiny_bert_dir, tmp_path, change, needle):

@@ -63,7 +63,7 @@ def test_scorer_accepts_a_padded_vocabulary_only(tok):
     import dataclasses
 
     small = dataclasses.replace(config, vocab_size=999)
-    with pytest.raises(ValueError, match="1000 tokens but the model's vocab_size is only 999"):
+    with pytest.raises(ValueError, match="1000 tokens but the model's vocab_size is 999; use the tokenizer"):
         JaxScorer(model, small, tok)
 
 
