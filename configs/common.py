@@ -137,6 +137,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.export = ml_collections.ConfigDict()
     c.export.hf = True  # write <workdir>/export/hf (a transformers BertForMaskedLM directory) at the end
+    c.export.every_steps = 0  # also export <workdir>/export/step_<N>/hf every N steps (0: at the end only)
     c.export.publish = ""  # also write the export to this directory (replacing it) when the run completes
 
     c.log = ml_collections.ConfigDict()

@@ -115,10 +115,22 @@ class Run:
     step_flops: float
     peak: float
     is_main: bool
-    # params -> metrics to log (e.g. held-out accuracy), run every `evaluate_every` steps (0: only
-    # at the end) and at the end
-    evaluate: Callable[[Any], dict] | None = None
-    evaluate_every: int = 0
+    hooks: tuple["Hook", ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """Work on the parameters during training (held-out evaluation, periodic exports): `fn(step,
+    params)` runs after every `every` steps (0: never on the way) and, with `at_end`, after the last
+    step; what it returns (metrics, or None) is logged at that step."""
+
+    every: int
+    at_end: bool
+    fn: Callable[[int, Any], dict | None]
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return (self.at_end and step == total_steps) or (
+            bool(self.every) and step % self.every == 0 and step < total_steps)
 
 
 def _meta(run: Run, step: int, position: int, preempted: bool) -> dict:
@@ -190,12 +202,14 @@ def train_steps(run: Run, state: Any, checkpointer: ckpt_lib.Checkpointer, start
                 pending = None
                 checkpointer.save(step, state, _meta(run, step, position, stop and step < total_steps))
                 last_saved = step
-            if run.evaluate is not None and (step == total_steps or (
-                    run.evaluate_every and step % run.evaluate_every == 0)):
-                if pending is not None:  # keeps metrics.jsonl in step order
-                    settle(pending)
-                    pending = None
-                writer.write(step, run.evaluate(state["params"]))
+            for hook in run.hooks:
+                if hook.due(step, total_steps):
+                    if pending is not None:  # keeps metrics.jsonl in step order
+                        settle(pending)
+                        pending = None
+                    metrics = hook.fn(step, state["params"])
+                    if metrics:
+                        writer.write(step, metrics)
             if stop and step < total_steps:
                 status = signals.status
                 break

@@ -100,6 +100,8 @@ def check_config(config: Any) -> None:
         raise ValueError(f"config optim.learning_rate={config.optim.learning_rate} must be positive.")
     if config.log.peak_tflops < 0:
         raise ValueError(f"config log.peak_tflops={config.log.peak_tflops} must be >= 0 (0 = from the device table).")
+    if config.export.get("every_steps", 0) < 0:
+        raise ValueError(f"config export.every_steps={config.export.every_steps} must be >= 0 (0: export at the end only).")
     if config.checkpoint.every_steps <= 0 or config.train.log_every_steps <= 0:
         raise ValueError("config checkpoint.every_steps and train.log_every_steps must be positive.")
 
@@ -151,6 +153,35 @@ def _replace_head(model, head_source: str, config) -> None:
                          f"{config.hidden_size}/{config.vocab_size}; use a head trained for this encoder.")
     nnx.update(model.head, nnx.state(donor.head))
     log.info("MLM head taken from %s", head_source)
+
+
+def _export_hf(graphdef, params, model_config, model_src: Path, is_main: bool, *destinations: Path) -> None:
+    """Writes the masked LM (graphdef, params) as a transformers directory to each destination
+    (atomically, replacing it); every process takes part, process 0 writes."""
+    host_params = parallel.to_host(params)
+    if is_main:
+        model = nnx.merge(graphdef, host_params)
+        for dst in destinations:
+            convert.save_hf(model, model_config, dst, tokenizer_src=model_src, overwrite=True)
+            log.info("exported %s", dst)
+    parallel.sync("ncjax_export")
+
+
+def _hooks(config: Any, workdir: Path, tokenizer, model_config, graphdef, length: int, model_src: Path,
+           is_main: bool) -> tuple[loop.Hook, ...]:
+    """The held-out evaluation (`heldout` block) and the periodic exports (`export.every_steps`:
+    workdir/export/step_<N>/hf) of a run."""
+    hooks = []
+    evaluate = _heldout_evaluator(config, workdir, tokenizer, model_config, graphdef, length)
+    if evaluate is not None:
+        hooks.append(loop.Hook(config.heldout.every_steps, True, lambda step, params: evaluate(params)))
+    every = int(config.export.get("every_steps", 0))
+    if every and config.export.hf:
+        def export(step: int, params) -> None:
+            _export_hf(graphdef, params, model_config, model_src, is_main, workdir / "export" / f"step_{step}" / "hf")
+
+        hooks.append(loop.Hook(every, False, export))
+    return tuple(hooks)
 
 
 def _heldout_evaluator(config: Any, workdir: Path, tokenizer, model_config, graphdef, length: int):
@@ -227,9 +258,8 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
                    step_flops=flops.train_step_flops(model_config, rows, length, predictions),
                    peak=flops.peak_flops(mesh.devices.flat[0].device_kind, config.model.dtype,
                                          config.log.peak_tflops),
-                   is_main=is_main,
-                   evaluate=_heldout_evaluator(config, workdir, tokenizer, model_config, graphdef, length),
-                   evaluate_every=config.heldout.every_steps if config.get("heldout") else 0)
+                   is_main=is_main, hooks=_hooks(config, workdir, tokenizer, model_config, graphdef, length,
+                                                 model_src, is_main))
 
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
                                          async_save=config.checkpoint.async_save)
@@ -243,17 +273,10 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
     export = None
     if status == "completed" and config.export.hf:
         export = workdir / "export" / "hf"
-        host_params = parallel.to_host(state["params"])
-        if is_main:
-            model = nnx.merge(graphdef, host_params)
-            convert.save_hf(model, model_config, export, tokenizer_src=model_src, overwrite=True)
-            log.info("exported %s", export)
-            publish = config.export.get("publish", "")
-            if publish:  # a second, atomically replaced copy where other configs look for it
-                convert.save_hf(model, model_config, Path(publish).expanduser(), tokenizer_src=model_src,
-                                overwrite=True)
-                log.info("installed the export as %s", Path(publish).expanduser())
-        parallel.sync("ncjax_export")
+        publish = config.export.get("publish", "")
+        # a second, atomically replaced copy where other configs look for it
+        _export_hf(graphdef, state["params"], model_config, model_src, is_main, export,
+                   *([Path(publish).expanduser()] if publish else []))
     return {
         "status": status,
         "step": step,

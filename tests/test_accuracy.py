@@ -86,27 +86,33 @@ def test_accuracy_is_deterministic_and_ignores_padding_rows(tiny):
 
 
 def test_warmup_logs_heldout_accuracy_of_the_exported_model(tmp_path, compilation_cache_env):
-    """configs/mlm_warmup.py:tiny: the accuracy logged at the last step is the accuracy of the
-    exported model on the held-out set, and export.publish installs an identical copy."""
+    """configs/mlm_warmup.py:tiny: the accuracy logged at steps 4 and 8 is the accuracy of the models
+    exported there (export.every_steps=4 and the final export) on the held-out set, and
+    export.publish installs an identical copy of the final export."""
     from ncjax.train import train_and_evaluate
 
     c = _config("mlm_warmup", "tiny")
     c.log.progress, c.log.tensorboard = "off", False
     c.export.publish = str(tmp_path / "installed")
+    c.export.every_steps = 4
     result = train_and_evaluate(c, tmp_path / "run")
     records = [r for r in logs.read_metrics(tmp_path / "run" / "metrics.jsonl") if "heldout/accuracy" in r]
     assert [r["step"] for r in records] == [4, 8]
-    model, config = convert.load_model(result["export"])
-    tokenizer = convert.load_tokenizer(result["export"])
-    arrays = accuracy.heldout_arrays(c.heldout, c.data, tokenizer, cache_dir=tmp_path / "run" / "cache",
-                                     length=c.data.max_length, position_limit=config.max_position_embeddings)
-    assert arrays["input_ids"].shape == (c.heldout.max_examples, c.data.max_length)
-    graphdef, params = nnx.split(model)
-    again = accuracy.masked_accuracy(graphdef, params, arrays, special_ids=tuple(masking.special_token_ids(tokenizer)),
-                                     mask_id=tokenizer.mask_token_id, vocab_size=config.vocab_size,
-                                     batch_size=c.heldout.batch_size, seed=c.heldout.seed)
-    assert records[-1]["heldout/accuracy"] == pytest.approx(again["accuracy"], abs=1e-9)
-    assert records[-1]["heldout/loss"] == pytest.approx(again["loss"], rel=1e-5)
+    assert sorted(p.name for p in (tmp_path / "run" / "export").iterdir()) == ["hf", "step_4"]
+    for record, export in zip(records, [tmp_path / "run" / "export" / "step_4" / "hf", result["export"]]):
+        model, config = convert.load_model(export)
+        tokenizer = convert.load_tokenizer(export)
+        arrays = accuracy.heldout_arrays(c.heldout, c.data, tokenizer, cache_dir=tmp_path / "run" / "cache",
+                                         length=c.data.max_length, position_limit=config.max_position_embeddings)
+        assert arrays["input_ids"].shape == (c.heldout.max_examples, c.data.max_length)
+        graphdef, params = nnx.split(model)
+        again = accuracy.masked_accuracy(graphdef, params, arrays,
+                                         special_ids=tuple(masking.special_token_ids(tokenizer)),
+                                         mask_id=tokenizer.mask_token_id, vocab_size=config.vocab_size,
+                                         batch_size=c.heldout.batch_size, seed=c.heldout.seed)
+        assert record["heldout/accuracy"] == pytest.approx(again["accuracy"], abs=1e-9)
+        assert record["heldout/loss"] == pytest.approx(again["loss"], rel=1e-5)
+    assert records[0]["heldout/loss"] != records[1]["heldout/loss"]
     for name in ("model.safetensors", "config.json", "vocab.txt"):
         assert (tmp_path / "installed" / name).read_bytes() == (Path(result["export"]) / name).read_bytes()
 
@@ -139,3 +145,12 @@ def test_minilm_mlm_source_and_the_minilm_variant(monkeypatch, tmp_path, tiny_be
     c = _config("bert_nc3", "minilm")
     assert (c.model.path, c.model.init_missing_head) == ("minilm-mlm", False)
     assert json.loads(c.to_json())["model"]["path"] == "minilm-mlm"
+
+
+def test_negative_export_interval_is_refused_before_work():
+    from ncjax.train import check_config
+
+    c = _config("mlm_warmup", "tiny")
+    c.export.every_steps = -1
+    with pytest.raises(ValueError, match=r"export.every_steps=-1 must be >= 0"):
+        check_config(c)
