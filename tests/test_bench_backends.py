@@ -7,6 +7,8 @@ fixture (with tiny-vocabulary benchmark files) and the MiniLM encoder with a see
 """
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,6 +110,16 @@ def all_queries(data: Path, tok, becpro_length=None):
             q += winobias.build_queries(winobias.load(data / "winobias", kind, stance, ["test"])[:2], tok)
     texts = [x for k in seat.SETS for x in seat.load_test(data / "seat" / "sent-weat6.jsonl")[k][:3]]
     return q, [tok(t)["input_ids"] for t in texts]
+
+
+def test_scorer_module_imports_neither_torch_nor_transformers():
+    """The torch backend lives in `eager` and is still importable from `scorer`, both lazily."""
+    code = ("import sys; import ncjax.bench, ncjax.bench.scorer as s; loaded = sorted(m for m in "
+            "('torch', 'transformers') if m in sys.modules); from ncjax.bench.scorer import TorchScorer; "
+            "from ncjax.bench.eager import TorchScorer as T; print(loaded, TorchScorer is T is ncjax.bench.TorchScorer)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["[]", "True"], out.stderr
 
 
 def test_tiny_jax_and_torch_agree_per_query(tiny_scorers, tiny_data):

@@ -22,9 +22,9 @@ Backends:
   rows, lengths on `LENGTH_LADDER` and the target axis rounded to 4, so a whole evaluation
   compiles a handful of times (about six shapes per function for the bundled data); MLM logits
   are computed only at the read positions; float32 matmuls (no TF32) to match the reference.
-- `TorchScorer`: any Hugging Face masked-LM directory through transformers, batched under
-  `torch.inference_mode`; the MLM head is applied only at the read positions when the model
-  exposes it (`cls` for BERT, `lm_head` for RoBERTa-style models), else full logits are gathered.
+- `TorchScorer` (`ncjax.bench.eager`, importable from here too): any Hugging Face masked-LM
+  directory through transformers, batched under `torch.inference_mode`. Importing this module
+  imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ import collections
 import dataclasses
 import logging
 import math
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -44,6 +43,16 @@ from ncjax import families
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("jax", "torch")
+
+
+def __getattr__(name: str) -> Any:
+    # TorchScorer lives in ncjax.bench.eager, which subclasses Scorer from here; importing it on
+    # first use keeps `from ncjax.bench.scorer import TorchScorer` working without an import cycle.
+    if name == "TorchScorer":
+        from ncjax.bench.eager import TorchScorer
+
+        return TorchScorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,71 +350,6 @@ class JaxScorer(Scorer):
         return self._mean_hidden_fn(self._state, ids, mask)
 
 
-class TorchScorer(Scorer):
-    """Scores with a transformers masked LM (PyTorch), batched, under `torch.inference_mode`, on
-    `device` (default: CUDA when available, as bias-bench does; float32 matmuls, no TF32)."""
-
-    backend = "torch"
-
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        batch_size: int = 64,
-        length_multiple: int = 1,
-        source: str = "model",
-        device: str | None = None,
-    ):
-        from ncjax.model import BertConfig
-
-        cfg = BertConfig.from_hf_dict(model.config.to_dict())
-        super().__init__(
-            tokenizer,
-            vocab_size=cfg.vocab_size,
-            max_length=cfg.max_tokens,
-            batch_size=batch_size,
-            length_multiple=length_multiple,
-            fixed_batch=False,
-            source=source,
-            model_type=cfg.model_type,
-        )
-        import torch
-
-        self._torch = torch
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self._model = model.eval().to(self._device)
-        self._head: Callable | None = getattr(model, "cls", None) or getattr(model, "lm_head", None)
-
-    def _inputs(self, ids, mask):
-        torch = self._torch
-        t_ids = torch.from_numpy(ids.astype(np.int64)).to(self._device)
-        out = dict(input_ids=t_ids, attention_mask=torch.from_numpy(mask.astype(np.int64)).to(self._device))
-        if self.family.token_types:  # DistilBERT's forward takes none
-            out["token_type_ids"] = torch.zeros_like(t_ids)
-        return out
-
-    def _log_probs_batch(self, ids, mask, positions, targets):
-        torch = self._torch
-        rows = torch.arange(ids.shape[0], device=self._device)
-        pos = torch.from_numpy(positions.astype(np.int64)).to(self._device)
-        with torch.inference_mode():
-            if self._head is not None:
-                hidden = self._model.base_model(**self._inputs(ids, mask)).last_hidden_state
-                logits = self._head(hidden[rows, pos])  # [B, V]
-            else:
-                logits = self._model(**self._inputs(ids, mask)).logits[rows, pos]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            out = torch.gather(logp, 1, torch.from_numpy(targets.astype(np.int64)).to(self._device))
-        return out.cpu().numpy()
-
-    def _mean_hidden_batch(self, ids, mask):
-        torch = self._torch
-        with torch.inference_mode():
-            h = self._model.base_model(**self._inputs(ids, mask)).last_hidden_state.float()
-            w = torch.from_numpy(mask.astype(np.float32)).to(self._device)[..., None]
-            return ((h * w).sum(dim=1) / w.sum(dim=1)).cpu().numpy()
-
-
 def load_scorer(
     model: str | Path,
     backend: str = "jax",
@@ -426,30 +370,17 @@ def load_scorer(
     """
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
-    from ncjax.convert import load_model
-    from ncjax.weights import NCJAX_MARKER, resolve_source
-
     if backend == "jax":
+        from ncjax.convert import load_model
+
         m, config = load_model(model, init_missing_head=init_missing_head, seed=seed)
         return JaxScorer(
             m, config, load_tokenizer(model), batch_size=batch_size,
             length_multiple=length_multiple, source=str(model),
         )
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "The torch backend needs PyTorch: pip install torch==2.13.0 && pip install -e '.[torch]'."
-        ) from e
-    path = resolve_source(model)
-    if init_missing_head or (path.is_dir() and (path / NCJAX_MARKER).is_file()):
-        from ncjax.convert import save_hf
+    from ncjax.bench import eager
 
-        m, config = load_model(path, init_missing_head=init_missing_head, seed=seed)
-        with tempfile.TemporaryDirectory(prefix="ncjax-bench-") as tmp:
-            save_hf(m, config, Path(tmp) / "hf", tokenizer_src=path)
-            return _load_torch(Path(tmp) / "hf", batch_size, length_multiple or 1, source=str(model))
-    return _load_torch(path, batch_size, length_multiple or 1, source=str(model))
+    return eager.load(model, batch_size, length_multiple or 1, init_missing_head=init_missing_head, seed=seed)
 
 
 def load_tokenizer(model: str | Path) -> Any:
@@ -458,18 +389,3 @@ def load_tokenizer(model: str | Path) -> Any:
     from ncjax.convert import load_tokenizer as _load
 
     return _load(model)
-
-
-def _load_torch(path: Path, batch_size: int, length_multiple: int, source: str) -> TorchScorer:
-    from transformers import AutoModelForMaskedLM
-
-    model, info = AutoModelForMaskedLM.from_pretrained(str(path), output_loading_info=True)
-    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
-    if missing:
-        raise ValueError(
-            f"{source} lacks weights for {', '.join(sorted(missing)[:4])}"
-            f"{' ...' if len(missing) > 4 else ''}; pass a masked-LM checkpoint, or init_missing_head=True "
-            "(--init-missing-head) to initialise a missing MLM head."
-        )
-    tokenizer = load_tokenizer(path)
-    return TorchScorer(model.float(), tokenizer, batch_size=batch_size, length_multiple=length_multiple, source=source)
