@@ -1,25 +1,31 @@
-"""The bias benchmark suite: ncjax (jax backend, batched) vs a bias-bench-style PyTorch loop.
+"""The bias benchmark suite: ncjax (jax backend, and its batched torch backend) vs a bias-bench-style PyTorch loop.
 
-Both sides score the same model, the all-MiniLM-L6-v2 encoder with a seeded random MLM head
-(ncjax initialises it; the PyTorch side loads the same weights from a transformers export), on
-the same bundled data, in one process on the CPU:
+Three sides score the same model, the all-MiniLM-L6-v2 encoder with a seeded random MLM head
+(ncjax initialises it and writes one transformers export that every side loads), on the same
+bundled data, on the CPU. Each side runs in its own process (the script starts itself with
+`--side ...`), one after the other, so no framework's thread pool competes with another's:
 
-- ncjax: `ncjax.bench.evaluate(scorer, ...)` with the jax backend (batched, length-bucketed,
-  identical inputs run once, logits only at the read positions). Its time includes jit compiles.
-  It runs after the reference, so XLA's CPU threads never compete with PyTorch's.
 - reference: the loops the reference code runs, re-implemented here independently of
   ncjax.bench from the raw files: batch 1, one full-vocabulary forward per masked token
   (StereoSet and CrowS-Pairs as bias-bench, SEAT as bias-bench/sent-bias with a per-sentence
   BertModel pass and python-loop cosines and permutation samples, WinoBias one forward per
   sentence). BEC-Pro runs the reference pipeline of marionbartl/gender-bias-BERT, which itself
   batches 20 sentences (TM and TAM inputs, padded with [MASK] to 16).
+- ncjax torch backend: `ncjax.bench.evaluate` with `backend="torch"`: ncjax's batching
+  (length-sorted batches of 64, each distinct input run once, the MLM head only at the read
+  positions) on the transformers model. The same algorithm as the jax side, so the ratio
+  torch backend / jax backend is the framework's share.
+- ncjax jax backend: the same with `backend="jax"` (length ladder; its time includes the jit
+  compiles, no persistent compilation cache).
 
-It prints the per-benchmark scores of both sides, their differences and the wall-time ratio.
-`--limit N` scores the first N examples of each file (SEAT: of each set) on both sides, for a
-shorter timed comparison on a small machine.
+`--runs` rounds (default 3) of the three sides give each time as the median (min-max) over the
+rounds, and the ratios of the medians. It prints the score differences (jax vs reference, jax vs
+torch backend) of the first round, and the jax side's scores. Model loading is timed apart and
+left out. `--limit N` scores the first N examples of each file (SEAT: of each set) on every
+side, for a shorter comparison on a small machine.
 
-    python benchmarks/evaluate.py                 # the whole suite
-    python benchmarks/evaluate.py --limit 200     # first 200 examples per file
+    python benchmarks/evaluate.py                          # the whole suite, 3 rounds
+    python benchmarks/evaluate.py --limit 100 --runs 1     # a quick look
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ import difflib
 import itertools
 import json
 import math
+import os
 import platform
+import statistics
 import string
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +53,7 @@ import numpy as np  # noqa: E402
 
 from ncjax import bench  # noqa: E402
 from ncjax.bench import seat as nc_seat  # noqa: E402
-from ncjax.bench.scorer import JaxScorer, load_tokenizer  # noqa: E402
+from ncjax.bench.scorer import load_scorer, load_tokenizer  # noqa: E402
 from ncjax.convert import load_model, minilm_dir, save_hf  # noqa: E402
 
 DATA = bench.DATA_DIR
@@ -277,68 +286,119 @@ def max_diff(a, b, path=""):
     return abs(float(a) - float(b))
 
 
+SIDES = ("reference", "torch", "jax")
+
+
+def run_side(side: str, model_dir: Path, names: list[str], limit: int | None, batch_size: int) -> dict:
+    """One side in this process: {'seconds': {benchmark: s}, 'total': s, 'load': s, 'scores': ...}.
+
+    reference: the loops above on the transformers model; torch / jax: `ncjax.bench.evaluate`
+    with that backend (batched), its time including the jax side's jit compiles."""
+    t = time.perf_counter()
+    if side == "reference":
+        from transformers import AutoModelForMaskedLM
+
+        model = AutoModelForMaskedLM.from_pretrained(str(model_dir)).eval()
+        tok = load_tokenizer(model_dir)
+        load = time.perf_counter() - t
+        fns = {"stereoset": ref_stereoset, "crows": ref_crows, "seat": ref_seat, "becpro": ref_becpro,
+               "winobias-probe": ref_winobias}
+        scores, seconds = {}, {}
+        for name in names:
+            t = time.perf_counter()
+            scores[name] = fns[name](model, tok, limit)
+            seconds[name] = time.perf_counter() - t
+    else:
+        scorer = load_scorer(model_dir, side, batch_size=batch_size)
+        load = time.perf_counter() - t
+        scores = bench.evaluate(scorer, names, limit=limit, progress=False)
+        seconds = scores.pop("seconds")
+        seconds.pop("total")  # the suite's wall time, summed below like the reference's
+    return {"seconds": seconds, "total": sum(seconds.values()), "load": load, "scores": scores}
+
+
+def _spawn(side: str, model_dir: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--model-dir", str(model_dir), "--benchmarks", args.benchmarks,
+           "--batch-size", str(args.batch_size)] + (["--limit", str(args.limit)] if args.limit else [])
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"the {side} side failed (exit {proc.returncode}); its output is above.")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
+
+
+def _score_diff(name: str, ours: dict, ref: dict) -> float:
+    if name == "stereoset":
+        return max_diff({k: {m: v[m] for m in ("SS", "LMS", "ICAT")} if v["count"] else None
+                         for k, v in ours.items()}, ref)
+    if name == "crows":
+        return max_diff({k: v["metric"] for k, v in ours.items()}, ref)
+    if name == "becpro":
+        return max_diff(ours["gap"], ref["gap"])
+    return max_diff(ours, ref)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--limit", type=int, default=None, help="first N examples per file on both sides")
+    p.add_argument("--limit", type=int, default=None, help="first N examples per file on every side")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--benchmarks", default=",".join(bench.BENCHMARKS))
+    p.add_argument("--runs", type=int, default=3, help="rounds of the three sides (default 3; medians over them)")
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     names = bench.parse_benchmarks(args.benchmarks)
+    if args.side:
+        print(json.dumps(run_side(args.side, Path(args.model_dir), names, args.limit, args.batch_size),
+                         default=lambda x: x.tolist() if hasattr(x, "tolist") else float(x)))
+        return
+    if args.runs < 1:
+        raise SystemExit(f"--runs {args.runs} must be at least 1.")
 
     import jax
     import torch
     import transformers
-    from transformers import AutoModelForMaskedLM
 
-    model, config = load_model(minilm_dir(), init_missing_head=True, seed=0)
-    tok = load_tokenizer(minilm_dir())
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
-        save_hf(model, config, Path(tmp) / "hf", tokenizer_src=minilm_dir())
-        tmodel = AutoModelForMaskedLM.from_pretrained(str(Path(tmp) / "hf")).eval()
-    scorer = JaxScorer(model, config, tok, batch_size=args.batch_size, source="minilm+seeded head")
+        # one export that every side reads: the same weights everywhere
+        model, config = load_model(minilm_dir(), init_missing_head=True, seed=0)
+        model_dir = save_hf(model, config, Path(tmp) / "hf", tokenizer_src=minilm_dir())
+        del model
+        for r in range(args.runs):
+            for side in SIDES:
+                runs[side].append(_spawn(side, model_dir, args))
+                print(f"# round {r + 1}: {side} {runs[side][-1]['total']:.1f} s", file=sys.stderr, flush=True)
 
-    # The reference runs first: XLA's CPU thread pool, once busy, competes with PyTorch's threads
-    # for a while after each jax call, which would slow the reference unfairly.
-    refs, t_ref = {}, {}
-    fns = {"stereoset": ref_stereoset, "crows": ref_crows, "seat": ref_seat, "becpro": ref_becpro,
-           "winobias-probe": ref_winobias}
-    for name in names:
-        t = time.perf_counter()
-        refs[name] = fns[name](tmodel, tok, args.limit)
-        t_ref[name] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    ours = bench.evaluate(scorer, names, limit=args.limit, progress=False)
-    t_ours = time.perf_counter() - t
-
-    print(f"# bias benchmark suite, MiniLM-L6 + seeded MLM head, limit={args.limit}")
+    print(f"# bias benchmark suite, MiniLM-L6 + seeded MLM head, limit={args.limit}, {args.runs} rounds")
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} {platform.processor() or ''}, "
-          f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"transformers {transformers.__version__}, Python {platform.python_version()}")
-    print("| benchmark | ncjax s | reference s | ratio | max score difference |")
-    print("|---|---|---|---|---|")
-    for name in names:
-        o, r = ours[name], refs[name]
-        if name == "stereoset":
-            diff = max_diff({k: {m: v[m] for m in ("SS", "LMS", "ICAT")} if v["count"] else None
-                             for k, v in o.items()}, r)
-        elif name == "crows":
-            diff = max_diff({k: v["metric"] for k, v in o.items()}, r)
-        elif name == "seat":
-            diff = max_diff(o, r)
-        elif name == "becpro":
-            diff = max_diff(o["gap"], r["gap"])
+          f"{os.cpu_count()} CPUs, jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
+          f"threads), transformers {transformers.__version__}, Python {platform.python_version()}")
+    print("| benchmark | reference s | ncjax torch backend s | ncjax jax backend s | reference / jax | "
+          "torch backend / jax | max score difference (jax vs reference; jax vs torch) |")
+    print("|---|---|---|---|---|---|---|")
+    med = {side: {} for side in SIDES}
+    for name in [*names, "total"]:
+        cells = []
+        for side in SIDES:
+            xs = [run["total"] if name == "total" else run["seconds"][name] for run in runs[side]]
+            med[side][name] = statistics.median(xs)
+            cells.append(_median(xs))
+        if name == "total":
+            diff = ""
         else:
-            diff = max_diff(o, r)
-        print(f"| {name} | {ours['seconds'][name]:.1f} | {t_ref[name]:.1f} | "
-              f"{t_ref[name] / ours['seconds'][name]:.1f}x | {diff:.2g} |")
-    total_ref = sum(t_ref.values())
-    print(f"| total | {t_ours:.1f} | {total_ref:.1f} | {total_ref / t_ours:.1f}x | |")
+            jax_scores = runs["jax"][0]["scores"][name]
+            diff = (f"{_score_diff(name, jax_scores, runs['reference'][0]['scores'][name]):.2g}; "
+                    f"{max_diff(jax_scores, runs['torch'][0]['scores'][name]):.2g}")
+        print(f"| {name} | {' | '.join(cells)} | {med['reference'][name] / med['jax'][name]:.1f}x | "
+              f"{med['torch'][name] / med['jax'][name]:.2f}x | {diff} |")
+    print("# model loading (not in the times): " + ", ".join(
+        f"{side} {_median([run['load'] for run in runs[side]])} s" for side in SIDES))
     print()
-    print(bench.markdown(ours), end="")
-    print()
-    print("reference:", json.dumps({k: (v if k != "becpro" else v["gap"]) for k, v in refs.items()},
-                                   default=float))
+    print(bench.markdown(runs["jax"][0]["scores"] | {"seconds": runs["jax"][0]["seconds"]}), end="")
 
 
 if __name__ == "__main__":
