@@ -8,29 +8,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import HF_CONFIGS, PAD, VOCAB, build_hf_mlm
 from ncjax import families
 from ncjax.convert import load_model, params_to_hf, save_hf
 from ncjax.model import BertConfig
 
 pytestmark = pytest.mark.torch
-
-VOCAB, PAD = 99, 1
-
-# Tiny transformers configs, one per family (hidden 32, 4 heads).
-HF_CONFIGS = {
-    "roberta": ("RobertaConfig", "RobertaForMaskedLM", dict(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        max_position_embeddings=40, type_vocab_size=1, pad_token_id=PAD, bos_token_id=0, eos_token_id=2,
-        layer_norm_eps=1e-5, hidden_act="gelu")),
-    "distilbert": ("DistilBertConfig", "DistilBertForMaskedLM", dict(
-        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40,
-        pad_token_id=PAD, activation="gelu")),
-    # 4 layers from 2 groups of 2 shared layers each, embeddings of 16 projected to 32
-    "albert": ("AlbertConfig", "AlbertForMaskedLM", dict(
-        vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2,
-        inner_group_num=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=40,
-        pad_token_id=PAD, hidden_act="gelu_new")),
-}
 
 
 def _inputs():
@@ -46,14 +29,9 @@ def _inputs():
 def saved(request, tmp_path_factory):
     """(family, directory with model.safetensors, directory with pytorch_model.bin, reference outputs)."""
     import torch
-    import transformers
 
     name = request.param
-    cfg_cls, model_cls, kwargs = HF_CONFIGS[name]
-    torch.manual_seed(0)
-    hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kwargs)).eval()
-    with torch.no_grad():  # a non-zero prediction bias, so the test sees it
-        hf.get_output_embeddings().bias.normal_()
+    hf = build_hf_mlm(name)
     ids, mask = _inputs()
     with torch.no_grad():
         out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
