@@ -5,7 +5,7 @@ a local directory, a single weight file (its directory supplies `config.json`), 
 parameter checkpoint (written by `save_ncjax`), or a hub id resolved through `huggingface_hub`.
 Every model family (`ncjax.families`) converts through its own name map. Weight layouts:
 `model.safetensors`, sharded `model.safetensors.index.json`, `pytorch_model.bin`,
-`flax_model.msgpack` (the transformers-4.x FlaxBert layout), and legacy names
+`flax_model.msgpack` (the transformers-4.x Flax layout), and legacy names
 (`LayerNorm.gamma/beta`, `position_ids` buffers, pooler and NSP heads, an explicit decoder
 weight and bias, which must equal the word embeddings and the prediction bias). Encoder-only
 checkpoints (`BertModel` and the like, no head keys) load only with `init_missing_head=True`.

@@ -1,6 +1,6 @@
 """Model families: random-initialised transformers masked LMs of every family, saved as
-safetensors and .bin, converted and compared with PyTorch (logits, last hidden states), and the
-export round trip, bit-exact."""
+safetensors, .bin and the transformers-4.x Flax msgpack layout, converted and compared with
+PyTorch (logits, last hidden states), and the export round trip, bit-exact."""
 
 import json
 
@@ -100,3 +100,70 @@ def test_roberta_positions_start_after_padding_idx():
     ids = np.array([[0, 5, 6, 2, 1, 1], [0, 1, 7, 2, 1, 1]])  # a pad inside a row is skipped too
     np.testing.assert_array_equal(emb.positions(ids), [[2, 3, 4, 5, 1, 1], [2, 1, 3, 4, 1, 1]])
     assert cfg.max_tokens == 8
+
+
+# ----------------------------------------------------------------------------- flax_model.msgpack
+
+def _flax_tree(hf) -> dict:
+    """The parameter tree a transformers-4.x Flax masked LM of `hf`'s family saved to
+    flax_model.msgpack, built from the PyTorch model: nested dicts by module path, Dense
+    `kernel` [in, out] (the Linear weight transposed) and `bias`, LayerNorm `scale` and `bias`,
+    Embed `embedding`. FlaxBert/FlaxRoberta/FlaxDistilBert/FlaxAlbert name their submodules as the
+    PyTorch classes do (layer lists are named "0", "1", ...), so a path is the PyTorch key split at
+    the dots. The tied decoder holds no parameters there: it applies the word embeddings, and its
+    bias is the head's own `bias` (cls.predictions.bias, lm_head.bias, predictions.bias), except in
+    FlaxDistilBertLMDecoder, which holds `vocab_projector.bias` itself."""
+    import torch
+
+    modules = dict(hf.named_modules())
+    decoder = next(n for n, m in modules.items() if m is hf.get_output_embeddings())
+    tree: dict = {}
+    for key, value in hf.state_dict().items():
+        module, leaf = key.rsplit(".", 1)
+        if module == decoder and not (leaf == "bias" and decoder == "vocab_projector"):
+            continue
+        kind = type(modules[module])
+        value = value.numpy()
+        if kind is torch.nn.Linear:
+            leaf, value = {"weight": "kernel", "bias": "bias"}[leaf], (value.T if leaf == "weight" else value)
+        elif kind is torch.nn.LayerNorm:
+            leaf = {"weight": "scale", "bias": "bias"}[leaf]
+        elif kind is torch.nn.Embedding:
+            leaf = "embedding"
+        node = tree
+        for part in module.split("."):
+            node = node.setdefault(part, {})
+        node[leaf] = np.ascontiguousarray(value)
+    return tree
+
+
+def _flat(tree, prefix=()):
+    for k, v in tree.items():
+        yield from (_flat(v, prefix + (k,)) if isinstance(v, dict) else [(prefix + (k,), np.asarray(v))])
+
+
+def test_flax_tree_builder_matches_the_bert_fixture_transformers_wrote(tiny_bert_dir):
+    import transformers
+    from flax.serialization import msgpack_restore
+
+    hf = transformers.BertForMaskedLM.from_pretrained(str(tiny_bert_dir)).eval()
+    written = dict(_flat(msgpack_restore((tiny_bert_dir / "flax_model.msgpack").read_bytes())))
+    built = dict(_flat(_flax_tree(hf)))
+    assert set(built) == set(written)
+    for k in written:
+        np.testing.assert_array_equal(built[k], written[k], err_msg=str(k))
+
+
+def test_flax_msgpack_matches_pytorch(saved, tmp_path):
+    import transformers
+    from flax.serialization import msgpack_serialize
+
+    name, st, _, ref = saved
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(str(st)).eval()
+    (tmp_path / "flax_model.msgpack").write_bytes(msgpack_serialize(_flax_tree(hf)))
+    (tmp_path / "config.json").write_bytes((st / "config.json").read_bytes())
+    model, config = load_model(tmp_path)
+    assert config.model_type == name
+    _check(model, ref)
+    a, b = params_to_hf(model), params_to_hf(load_model(st)[0])
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
