@@ -5,7 +5,8 @@ a local directory, a single weight file (its directory supplies `config.json`), 
 parameter checkpoint (written by `save_ncjax`), or a hub id resolved through `huggingface_hub`.
 Every model family (`ncjax.families`) converts through its own name map. Weight layouts:
 `model.safetensors`, sharded `model.safetensors.index.json`, `pytorch_model.bin`,
-`flax_model.msgpack` (the transformers-4.x Flax layout), and legacy names
+`flax_model.msgpack` (the transformers-4.x Flax layout; a DistilBERT with sinusoidal positions
+gets the table that layout leaves out), and legacy names
 (`LayerNorm.gamma/beta`, `position_ids` buffers, pooler and NSP heads, an explicit decoder
 weight and bias, which must equal the word embeddings and the prediction bias). Encoder-only
 checkpoints (`BertModel` and the like, no head keys) load only with `init_missing_head=True`.
@@ -236,6 +237,29 @@ def check_tokenizer(tokenizer: Any, vocab_size: int, source: str | os.PathLike) 
                          f"{vocab_size}; use the tokenizer saved with this model.")
 
 
+def sinusoidal_positions(num_positions: int, dim: int) -> np.ndarray:
+    """[num_positions, dim] float32: DistilBERT's fixed position table (`sinusoidal_pos_embds`), as
+    transformers builds it: angle p / 10000^(2 * (j // 2) / dim), sine in even columns, cosine in odd."""
+    pos = np.arange(num_positions)[:, None] / np.power(10000, 2 * (np.arange(dim) // 2) / dim)[None, :]
+    out = np.empty((num_positions, dim), np.float32)
+    out[:, 0::2], out[:, 1::2] = np.sin(pos[:, 0::2]), np.cos(pos[:, 1::2])
+    return out
+
+
+def _add_fixed_positions(tensors: dict[str, np.ndarray], directory: Path, config: BertConfig) -> dict[str, np.ndarray]:
+    """The weights, plus DistilBERT's sinusoidal position table when config.json sets
+    `sinusoidal_pos_embds` and the file holds no table: transformers-4.x Flax checkpoints compute
+    it instead of storing it (PyTorch ones store it). ncjax keeps it as a parameter, as it keeps
+    every stored table."""
+    fam = families.get(config.model_type)
+    key = fam.embeddings["position"] + ".weight"
+    if fam.model_type != "distilbert" or any(k.endswith(key.split(".", 1)[1]) for k in tensors):
+        return tensors
+    if not json.loads(files.read_text(directory / "config.json")).get("sinusoidal_pos_embds", False):
+        return tensors
+    return {**tensors, key: sinusoidal_positions(config.max_position_embeddings, config.hidden_size)}
+
+
 def load_model(
     src: str | os.PathLike,
     *,
@@ -266,7 +290,7 @@ def load_model(
     else:
         fallback = model_params(model)
         params = hf_to_params(
-            read_weights(weights), config, source=str(weights),
+            _add_fixed_positions(read_weights(weights), directory, config), config, source=str(weights),
             init_missing_head=init_missing_head, fallback=fallback,
         )
     _set_params(model, params)

@@ -112,7 +112,8 @@ def _flax_tree(hf) -> dict:
     PyTorch classes do (layer lists are named "0", "1", ...), so a path is the PyTorch key split at
     the dots. The tied decoder holds no parameters there: it applies the word embeddings, and its
     bias is the head's own `bias` (cls.predictions.bias, lm_head.bias, predictions.bias), except in
-    FlaxDistilBertLMDecoder, which holds `vocab_projector.bias` itself."""
+    FlaxDistilBertLMDecoder, which holds `vocab_projector.bias` itself. A DistilBERT with
+    `sinusoidal_pos_embds` has no position table there."""
     import torch
 
     modules = dict(hf.named_modules())
@@ -122,6 +123,8 @@ def _flax_tree(hf) -> dict:
         module, leaf = key.rsplit(".", 1)
         if module == decoder and not (leaf == "bias" and decoder == "vocab_projector"):
             continue
+        if getattr(hf.config, "sinusoidal_pos_embds", False) and module.endswith("position_embeddings"):
+            continue  # FlaxDistilBert computes the sinusoidal table instead of holding it
         kind = type(modules[module])
         value = value.numpy()
         if kind is torch.nn.Linear:
@@ -167,3 +170,34 @@ def test_flax_msgpack_matches_pytorch(saved, tmp_path):
     _check(model, ref)
     a, b = params_to_hf(model), params_to_hf(load_model(st)[0])
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_flax_msgpack_of_a_sinusoidal_distilbert_gets_the_fixed_position_table(tmp_path):
+    import torch
+    import transformers
+    from flax.serialization import msgpack_serialize
+
+    from ncjax.convert import sinusoidal_positions
+
+    hf = build_hf_mlm("distilbert", sinusoidal_pos_embds=True)
+    table = hf.state_dict()["distilbert.embeddings.position_embeddings.weight"].numpy()
+    np.testing.assert_array_equal(sinusoidal_positions(40, 32), table)  # transformers' own table
+    hf.save_pretrained(str(tmp_path / "st"))
+    flax_dir = tmp_path / "flax"
+    flax_dir.mkdir()
+    tree = _flax_tree(hf)
+    assert "position_embeddings" not in tree["distilbert"]["embeddings"]
+    (flax_dir / "flax_model.msgpack").write_bytes(msgpack_serialize(tree))
+    (flax_dir / "config.json").write_bytes((tmp_path / "st" / "config.json").read_bytes())
+    ids, mask = _inputs()
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
+    ref = {"logits": out.logits.numpy(), "last_hidden": out.hidden_states[-1].numpy(), "ids": ids, "mask": mask}
+    model, config = load_model(flax_dir)
+    _check(model, ref)
+    exported = save_hf(model, config, tmp_path / "hf")  # the table is stored now, sinusoidal_pos_embds off
+    again = transformers.AutoModelForMaskedLM.from_pretrained(str(exported)).eval()
+    assert not again.config.sinusoidal_pos_embds
+    with torch.no_grad():
+        logits = again(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    np.testing.assert_array_equal(logits, ref["logits"])
