@@ -124,6 +124,15 @@ def test_nc_features_must_have_the_decoder_rows_width():
     assert distil.head_size == 32
 
 
+def test_head_source_must_have_the_head_width(tiny_bert_dir):
+    from ncjax.model import BertConfig
+    from ncjax.train import _replace_head
+
+    albert = BertConfig(model_type="albert", vocab_size=54, hidden_size=32, embedding_size=16, num_attention_heads=4)
+    with pytest.raises(ValueError, match="hidden/head/vocab size 32/32/54, but model.path has 32/16/54"):
+        _replace_head(None, str(tiny_bert_dir), albert)  # the BERT fixture's head is 32 wide
+
+
 def test_tiny_training_measurement_and_evaluation(saved, tmp_path):
     name, path = saved
     corpus = tmp_path / "c.tsv"
