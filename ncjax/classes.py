@@ -12,6 +12,8 @@ same position (label_shift 0) or the next one (label_shift 1, the paper's releas
 - `class_sums(features, labels, weights, slot_table, num_classes) -> (sums, counts)`: the
   per-class sums with a one-hot einsum over K slots (never a tokens x vocab one-hot);
   `class_sums_segment(...)`: the same with `jax.ops.segment_sum` (cheaper for many classes).
+- `feature_size(config, features, option)`: the width of the features the statistics read,
+  checked against the decoder rows that NC3 compares their class means with.
 - `EPS` (float32 machine epsilon) and `normalize(x) = x / (||x|| + EPS)`, as the reference code
   normalises; `acc_dtype(*arrays)`: the accumulation dtype (at least float32).
 
@@ -32,6 +34,23 @@ EPS = float(np.finfo(np.float32).eps)
 
 # Sums must not silently drop to TF32/bf16 passes on accelerators.
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def feature_size(config: Any, features: str, option: str) -> int:
+    """The width of the features ('last_hidden': the last encoder layer, hidden_size;
+    'mlm_transform': the MLM-transform output, `config.head_size`) of a BertConfig.
+
+    NC3 takes cosines between class means and decoder rows, which have `head_size` columns. For
+    ALBERT with embedding_size != hidden_size the last layer has another width than the decoder
+    rows: a ValueError naming `option` (the setting that chose the features)."""
+    if features == "mlm_transform":
+        return config.head_size
+    if config.hidden_size != config.head_size:
+        raise ValueError(
+            f"{option} is {features!r}, but this {config.model_type}'s last layer has hidden_size "
+            f"{config.hidden_size} and its decoder rows have embedding_size {config.head_size}, so NC3 cannot "
+            f"compare them; set {option} to 'mlm_transform' (the decoder's input).")
+    return config.hidden_size
 
 
 def make_slot_table(class_ids: Sequence[int], vocab_size: int) -> jnp.ndarray:

@@ -7,7 +7,8 @@ a hub id resolved through `huggingface_hub`. Config checks live in `ncjax.famili
 handling in `ncjax.tokenizer`.
 Every model family (`ncjax.families`) converts through its own name map. Weight layouts:
 `model.safetensors`, sharded `model.safetensors.index.json`, `pytorch_model.bin`,
-`flax_model.msgpack` (the transformers-4.x FlaxBert layout), and legacy names
+`flax_model.msgpack` (the transformers-4.x Flax layout; a DistilBERT with sinusoidal positions
+gets the table that layout leaves out), and legacy names
 (`LayerNorm.gamma/beta`, `position_ids` buffers, pooler and NSP heads, an explicit decoder
 weight and bias, which must equal the word embeddings and the prediction bias). Encoder-only
 checkpoints (`BertModel` and the like, no head keys) load only with `init_missing_head=True`.
@@ -194,6 +195,20 @@ def load_config(directory: Path) -> BertConfig:
     return BertConfig.from_hf_dict(check_config(d, file))
 
 
+def _add_fixed_positions(tensors: dict[str, np.ndarray], directory: Path, config: BertConfig) -> dict[str, np.ndarray]:
+    """The weights, plus DistilBERT's sinusoidal position table when config.json sets
+    `sinusoidal_pos_embds` and the file holds no table: transformers-4.x Flax checkpoints compute
+    it instead of storing it (PyTorch ones store it). ncjax keeps it as a parameter, as it keeps
+    every stored table."""
+    fam = families.get(config.model_type)
+    key = fam.embeddings["position"] + ".weight"
+    if fam.model_type != "distilbert" or any(k.endswith(key.split(".", 1)[1]) for k in tensors):
+        return tensors
+    if not json.loads(files.read_text(directory / "config.json")).get("sinusoidal_pos_embds", False):
+        return tensors
+    return {**tensors, key: families.sinusoidal_positions(config.max_position_embeddings, config.hidden_size)}
+
+
 def load_model(
     src: str | os.PathLike,
     *,
@@ -224,7 +239,7 @@ def load_model(
     else:
         fallback = model_params(model)
         params = hf_to_params(
-            read_weights(weights), config, source=str(weights),
+            _add_fixed_positions(read_weights(weights), directory, config), config, source=str(weights),
             init_missing_head=init_missing_head, fallback=fallback,
         )
     set_params(model, params)

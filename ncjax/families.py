@@ -213,6 +213,15 @@ def name_map(config: Any) -> list[Row]:
     return rows
 
 
+def sinusoidal_positions(num_positions: int, dim: int) -> np.ndarray:
+    """[num_positions, dim] float32: DistilBERT's fixed position table (`sinusoidal_pos_embds`), as
+    transformers builds it: angle p / 10000^(2 * (j // 2) / dim), sine in even columns, cosine in odd."""
+    pos = np.arange(num_positions)[:, None] / np.power(10000, 2 * (np.arange(dim) // 2) / dim)[None, :]
+    out = np.empty((num_positions, dim), np.float32)
+    out[:, 0::2], out[:, 1::2] = np.sin(pos[:, 0::2]), np.cos(pos[:, 1::2])
+    return out
+
+
 # ----------------------------------------------------------------------------- config.json
 
 # config.json fields checked before a model is built: name -> (kind, smallest value, bound above

@@ -8,7 +8,11 @@ the optimiser are left out, together well under 1 % of a BERT step):
   - attention, per token and layer: scores and context 2 * 2 * L * H (every position attends to
     the L positions of its padded row);
   - MLM head only at the P predicted positions a sequence carries (the step gathers them before the
-    head): the transform 2 * H^2 and the decoder 2 * H * V per position;
+    head): the transform 2 * H * E and the decoder 2 * E * V per position;
+  - ALBERT (`ncjax.families`): embeddings of width E (`embedding_size`) projected to H, 2 * E * H
+    per token; a layer is counted at every depth that runs it (shared parameters do the work
+    again), inner_group_num layers per depth. E = H for every other family: DistilBERT and
+    RoBERTa run BERT's products (they differ in embedding gathers, which are not counted);
   - training: forward + backward = 3 x forward (the backward computes two products per forward
     product). Recomputation under remat is not model work and is not counted.
 Positions are the padded [batch, length] the step computes, so padding counts as work.
@@ -23,6 +27,8 @@ the peak is given (config `log.peak_tflops`).
 from __future__ import annotations
 
 from typing import Any
+
+from ncjax import families
 
 # device_kind substring -> (bfloat16 TFLOP/s, float32 TFLOP/s); first match wins, so more specific
 # names come first.
@@ -44,12 +50,15 @@ PEAK_TFLOPS: tuple[tuple[str, tuple[float, float]], ...] = (
 
 
 def forward_flops(config: Any, batch: int, length: int, predictions: int) -> float:
-    """Forward-pass model FLOPs of `BertForMaskedLM` on [batch, length] inputs with the MLM head at
-    `predictions` positions per sequence (length for logits everywhere). `config`: a BertConfig."""
-    h, i, n, v = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    """Forward-pass model FLOPs of `BertForMaskedLM` (any family) on [batch, length] inputs with the
+    MLM head at `predictions` positions per sequence (length for logits everywhere). `config`: a
+    BertConfig."""
+    h, i, v, e = config.hidden_size, config.intermediate_size, config.vocab_size, config.head_size
+    n = len(families.layer_schedule(config))  # layers run, ALBERT's shared ones once per use
     per_token_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * length * h
-    head = 2 * (h * h + h * v)
-    return float(batch * length * n * per_token_layer + batch * predictions * head)
+    project = 2 * e * h if families.get(config.model_type).factorised else 0
+    head = 2 * (h * e + e * v)
+    return float(batch * length * (n * per_token_layer + project) + batch * predictions * head)
 
 
 def train_step_flops(config: Any, batch: int, length: int, predictions: int) -> float:

@@ -20,7 +20,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ncjax import corpus
-from ncjax.classes import make_slot_table, shift_targets
+from ncjax.classes import feature_size, make_slot_table, shift_targets
 from ncjax.collapse import accumulate_means, accumulate_second, class_means, class_subset, init_stats, metrics
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ def measure(
     if not lines:
         raise ValueError("the corpus is empty: it has no non-blank line to measure.")
     config = model.config
+    width = feature_size(config, features, "features")
     limit = min(config.max_position_embeddings, getattr(tokenizer, "model_max_length", 10**9))
     max_length = min(max_length or limit, limit)
     seqs = _tokenize(tokenizer, lines, max_length, label_shift, max_tokens)
@@ -154,7 +155,7 @@ def measure(
             arr[2, b, :len(ids)], arr[3, b, :len(ids)] = lab, w
         batches.append(arr)
 
-    stats = jax.tree.map(put_rep, init_stats(k, config.hidden_size))
+    stats = jax.tree.map(put_rep, init_stats(k, width))
     for arr in tqdm(batches, desc="collapse pass 1", disable=not progress):
         stats = _pass1(stats, state, *(put_batch(a) for a in arr), table, **static)
     counts = np.asarray(stats["counts"])

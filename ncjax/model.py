@@ -108,6 +108,12 @@ class BertConfig:
             return self.max_position_embeddings - self.pad_token_id - 1
         return self.max_position_embeddings
 
+    @property
+    def head_size(self) -> int:
+        """The width of the MLM-transform output and of the decoder rows (the word embeddings):
+        ALBERT's embedding_size; hidden_size for every other family."""
+        return self.embedding_size or self.hidden_size
+
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` dict that transformers reads as the family's masked LM."""
         fam = families.get(self.model_type)

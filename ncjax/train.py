@@ -147,10 +147,11 @@ def _model_overrides(m: Any) -> dict[str, float]:
 
 def _replace_head(model, head_source: str, config) -> None:
     donor, donor_config = convert.load_model(check_model_source(head_source, "model.head_source"))
-    if (donor_config.hidden_size, donor_config.vocab_size) != (config.hidden_size, config.vocab_size):
-        raise ValueError(f"model.head_source {head_source} has hidden/vocab size "
-                         f"{donor_config.hidden_size}/{donor_config.vocab_size}, but model.path has "
-                         f"{config.hidden_size}/{config.vocab_size}; use a head trained for this encoder.")
+    sizes = lambda c: (c.hidden_size, c.head_size, c.vocab_size)  # noqa: E731
+    if sizes(donor_config) != sizes(config):
+        raise ValueError(f"model.head_source {head_source} has hidden/head/vocab size "
+                         f"{'/'.join(map(str, sizes(donor_config)))}, but model.path has "
+                         f"{'/'.join(map(str, sizes(config)))}; use a head trained for this encoder.")
     nnx.update(model.head, nnx.state(donor.head))
     log.info("MLM head taken from %s", head_source)
 

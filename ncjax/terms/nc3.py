@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncjax import logs, penalty, terms, words
+from ncjax import classes, logs, penalty, terms, words
 from ncjax.terms import mlm
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class NC3:
     spec: PenaltySpec
     masking: mlm.MaskSpec
     class_ids: np.ndarray  # [K] int32, the resolved word-set ids
-    hidden: int
+    hidden: int  # width of the features the statistics read (classes.feature_size)
     name: str = "nc3"
     fields: tuple[str, ...] = ("input_ids", "attention_mask")
 
@@ -111,4 +111,5 @@ def build(config: Any, setup: terms.Setup) -> NC3 | None:
     spec = PenaltySpec.from_config(config.penalty)
     if spec.alpha <= 0:
         return None
-    return NC3(spec, mlm.MaskSpec.from_setup(setup), resolve_class_ids(config, setup), setup.model_config.hidden_size)
+    width = classes.feature_size(setup.model_config, spec.features, "config penalty.features")
+    return NC3(spec, mlm.MaskSpec.from_setup(setup), resolve_class_ids(config, setup), width)
