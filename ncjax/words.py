@@ -6,6 +6,8 @@ A `WordSet` is a name plus one or more sides of words (the bundled gender sets h
 - `first_piece` (what the paper's released code did): each word maps to the first piece of
   its tokenisation. Words split into several pieces are represented by a piece that is
   often generic (`and` from androgen, `to` from toque); the report lists them as `partial`.
+  A first piece that is only the word-start marker (SentencePiece may split `▁` + `xyz`) is
+  skipped: the word maps to the piece after it.
 - `whole_word`: only words that are a single token are kept; the rest are reported dropped.
 
 Words are tokenised as they occur inside running text, after a space (' ' + word), so the piece
@@ -40,6 +42,7 @@ from typing import Any, Iterable
 from ncjax import files
 
 POLICIES = ("first_piece", "whole_word")
+WORD_START_MARKERS = ("▁", "Ġ")  # a piece that is only the marker carries no part of the word
 
 _BUNDLED = {
     "gender-adept": {"female": "adept/female.txt", "male": "adept/male.txt"},
@@ -263,9 +266,12 @@ def resolve(word_set: WordSet, tokenizer: Any, policy: str = "first_piece", *, m
             if policy == "whole_word" and not whole:
                 dropped.append(Dropped(word, side, "multi_piece", tuple(pieces)))
                 continue
-            kept.append(Kept(word, side, int(ids[0]), pieces[0], whole))
-            by_id.setdefault(int(ids[0]), {}).setdefault(side, []).append(word)
-            piece_of[int(ids[0])] = pieces[0]
+            # a bare word-start marker (SentencePiece `▁`, byte-level BPE `Ġ`) before the word's
+            # pieces is shared by every word split that way: the class is the piece after it
+            first = 1 if len(ids) > 1 and pieces[0] in WORD_START_MARKERS else 0
+            kept.append(Kept(word, side, int(ids[first]), pieces[first], whole))
+            by_id.setdefault(int(ids[first]), {}).setdefault(side, []).append(word)
+            piece_of[int(ids[first])] = pieces[first]
     collisions = tuple(
         Collision(i, piece_of[i], {s: tuple(w) for s, w in sides.items()})
         for i, sides in sorted(by_id.items())

@@ -112,3 +112,30 @@ def test_errors(tmp_path, uncased):
         words.resolve(words.bundled("gender-adept"), uncased, "all_pieces")
     with pytest.raises(ValueError, match="unknown bundled word set"):
         words.bundled("gender-x")
+
+
+class _MarkerTokenizer:
+    """A SentencePiece-like tokenizer: some words split into a bare `▁` and the word's piece."""
+
+    vocab = {"<unk>": 0, "[MASK]": 1, "▁": 2, "▁she": 3, "▁he": 4, "hers": 5, "his": 6, "▁count": 7, "ess": 8}
+    splits = {"she": ["▁she"], "he": ["▁he"], "hers": ["▁", "hers"], "his": ["▁", "his"],
+              "countess": ["▁count", "ess"]}
+    unk_token_id = 0
+    all_special_ids = [0, 1]
+
+    def tokenize(self, text):
+        return self.splits[text.strip()]
+
+    def convert_tokens_to_ids(self, pieces):
+        return [self.vocab[p] for p in pieces]
+
+
+def test_a_bare_word_start_marker_is_not_a_class():
+    ws = words.WordSet("t", {"female": ("she", "hers", "countess"), "male": ("he", "his")})
+    res = words.resolve(ws, _MarkerTokenizer(), "first_piece")
+    assert res.ids == (3, 4, 5, 6, 7)  # hers and his keep their own pieces, not the shared "▁" (2)
+    assert {k.word: k.piece for k in res.kept} == {"she": "▁she", "hers": "hers", "countess": "▁count",
+                                                   "he": "▁he", "his": "his"}
+    assert not res.collisions
+    whole = words.resolve(ws, _MarkerTokenizer(), "whole_word")
+    assert whole.ids == (3, 4) and {d.word for d in whole.dropped} == {"hers", "countess", "his"}
