@@ -15,4 +15,4 @@ for dtype in bfloat16 float32; do
 done
 python benchmarks/compile.py --dtype bfloat16 --batch 64 --length 128 --steps 10
 python benchmarks/dropout.py --layers 12 --hidden 768 --heads 12 --batch 64 --length 128 --steps 20
-python benchmarks/forward.py --torch-device cuda --batch 32 --repeats 10
+python benchmarks/forward.py --device cuda --batch 32 --repeats 10
