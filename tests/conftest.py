@@ -92,3 +92,13 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "torch" in item.keywords:
                 item.add_marker(skip)
+
+
+def scores_close(a, b, rtol: float = 1e-4) -> bool:
+    """Whether two benchmark results (nested dicts) have the same keys and equal values, floats
+    within `rtol` relative (1 absolute below 1): the two scoring backends' agreement."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and set(a) == set(b) and all(scores_close(a[k], b[k], rtol) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= rtol * max(1.0, abs(a))
+    return a == b

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, build_hf_mlm
+from conftest import FIXTURES, build_hf_mlm, scores_close
 from ncjax import bench, logs
 from ncjax.bench.scorer import load_scorer
 from ncjax.train import train_and_evaluate
@@ -168,12 +168,4 @@ def test_tiny_training_measurement_and_evaluation(saved, tmp_path):
         # CrowS-Pairs' aligned spans)
         results[backend] = bench.evaluate(scorer, "stereoset,crows", limit=2, progress=False)
     for key in ("stereoset", "crows"):
-        assert _close(results["jax"][key], results["torch"][key]), key
-
-
-def _close(a, b) -> bool:
-    if isinstance(a, dict):
-        return set(a) == set(b) and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= 1e-4 * max(1.0, abs(a))
-    return a == b
+        assert scores_close(results["jax"][key], results["torch"][key]), key

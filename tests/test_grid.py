@@ -1,8 +1,8 @@
 """The experiment grid (ncjax.grid, ncjax.summary, launch/reproduce.py).
 
 The `:tiny` grid (2 recipes x 2 arms x 2 seeds + the base model, on the test fixture) runs once
-uninterrupted in-process; a second copy is started as `launch/reproduce.py`, SIGKILLed while a
-late cell is training, and rerun: its report must equal the uninterrupted one number for number,
+uninterrupted in-process; a copy without its last two cells is started as `launch/reproduce.py`,
+SIGKILLed while cell 7 is training, and rerun: its report must equal the uninterrupted one number for number,
 and the report's aggregates must equal a recomputation from the per-cell JSON files with scipy.
 """
 
@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,8 +115,16 @@ def test_aggregate_equals_recomputation(uninterrupted):
 
 
 def test_kill_mid_grid_and_resume_gives_identical_report(uninterrupted, tmp_path, cache_env):
-    _, want = uninterrupted
+    done_dir, want = uninterrupted
     workdir = tmp_path / "grid_b"
+    # the finished grid without its last two cells and its report: the rerun must skip cells
+    # 0-6, train 7 and 8 (7 again after the kill) and aggregate to the same report
+    shutil.copytree(done_dir, workdir)
+    for cell in ("007-cda-nc3-s0", "008-cda-nc3-s1"):
+        shutil.rmtree(workdir / "cells" / cell)
+    for p in workdir.iterdir():
+        if p.is_file() and p.name.startswith(("report.", "metrics.", "curves.", "unc3_vs_ss.")):
+            p.unlink()
     args = [sys.executable, str(REPO / "launch" / "reproduce.py"), "--config", str(REPO / "configs" / "reproduce.py:tiny"),
             "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
     env = {**os.environ, **cache_env, "PYTHONPATH": str(REPO)}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import scores_close
 from ncjax import bench, words
 from ncjax.bench import stereoset
 from ncjax.bench.scorer import JaxScorer, load_scorer
@@ -102,12 +103,4 @@ def test_tiny_training_measurement_and_evaluation(tmp_path, capsys):
         scorer = load_scorer(export, backend, batch_size=4)
         results[backend] = bench.evaluate(scorer, "stereoset,crows,becpro,winobias-probe", limit=2, progress=False)
     for key in ("stereoset", "crows", "becpro", "winobias-probe"):
-        assert _close(results["jax"][key], results["torch"][key]), key
-
-
-def _close(a, b) -> bool:
-    if isinstance(a, dict):
-        return set(a) == set(b) and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= 1e-4 * max(1.0, abs(a))
-    return a == b
+        assert scores_close(results["jax"][key], results["torch"][key]), key

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import scores_close
 from ncjax import convert, snapshot, weights
 from test_train import _copy, base_config, compilation_cache, corpus  # noqa: F401  (fixtures)
 
@@ -102,7 +103,7 @@ def test_convert_and_both_bench_backends_read_a_step(run, tmp_path):
         results[backend] = bench.evaluate(load_scorer(step, backend, batch_size=4), "crows,becpro", limit=3,
                                           progress=False)
     for key in ("crows", "becpro"):
-        _close(results["jax"][key], results["torch"][key])
+        assert scores_close(results["jax"][key], results["torch"][key]), key
 
 
 def test_measure_collapse_reads_a_step(run, tmp_path, corpus):  # noqa: F811
@@ -170,14 +171,3 @@ def _module(path: Path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _close(a, b) -> None:
-    if isinstance(a, dict):
-        assert set(a) == set(b)
-        for k in a:
-            _close(a[k], b[k])
-    elif isinstance(a, float) and isinstance(b, float):
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
-    else:
-        assert a == b
