@@ -102,3 +102,61 @@ def scores_close(a, b, rtol: float = 1e-4) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return abs(a - b) <= rtol * max(1.0, abs(a))
     return a == b
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_module(path: Path, name: str):
+    """A config or launch script of the checkout, imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_family_run(model_path: Path, tmp_path: Path, overrides: dict | None = None) -> tuple[Path, Path]:
+    """Trains configs/bert_nc3.py:tiny for 6 steps from `model_path` on a 12-sentence corpus of
+    gendered subjects, with `overrides` ({dotted config key: value}); checks that every loss is
+    finite and NC3 was active at the end. Returns (the run's Hugging Face export, the corpus)."""
+    import numpy as np
+
+    from ncjax import logs
+    from ncjax.train import train_and_evaluate
+
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("Text\n" + "\n".join(
+        f"{s} {p}." for s in ("He", "She", "The man", "The woman") for p in ("was a nurse", "was a doctor",
+                                                                               "worked at the hospital")) + "\n")
+    c = load_module(REPO / "configs" / "bert_nc3.py", "bert_nc3").get_config("tiny")
+    c.model.path, c.data.path = str(model_path), str(corpus)
+    c.data.cache_dir = str(tmp_path / "cache")
+    c.train.num_steps, c.checkpoint.every_steps, c.log.progress = 6, 6, "off"
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = c
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    assert train_and_evaluate(c, tmp_path / "run")["status"] == "completed"
+    records = logs.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all(np.isfinite(r["loss"]) for r in records) and records[-1]["nc3_valid"] and records[-1]["loss/nc3"] > 0
+    return tmp_path / "run" / "export" / "hf", corpus
+
+
+def measure_gender(export: Path, corpus: Path, tmp_path: Path) -> dict:
+    """`launch/measure_collapse.py` on `export` over `corpus` with the GN-GloVe gender classes;
+    checks it succeeds with at least 2 classes and a finite NC1; returns its JSON result."""
+    import json
+
+    import numpy as np
+
+    out = tmp_path / "nc.json"
+    cli = load_module(REPO / "launch" / "measure_collapse.py", "measure_collapse")
+    assert cli.main(["--model", str(export), "--corpus", str(corpus), "--classes", "gender-gnglove",
+                     "--batch-size", "8", "--output", str(out)]) == 0
+    (res,) = json.loads(out.read_text())
+    assert res["num_classes"] >= 2 and np.isfinite(res["nc1_cdnv"])
+    return res

@@ -3,19 +3,16 @@ fixture: a random-initialised transformers masked LM of the family (tests/confte
 `HF_CONFIGS`) saved with a tokenizer of the family's kind, then `:tiny` training, NC measurement
 (`launch/measure_collapse.py`) and the benchmark suite on both backends, which must agree."""
 
-import importlib.util
 import json
 import re
 import string
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import FIXTURES, build_hf_mlm, scores_close
-from ncjax import bench, logs
+from conftest import FIXTURES, build_hf_mlm, measure_gender, scores_close, tiny_family_run
+from ncjax import bench
 from ncjax.bench.scorer import load_scorer
-from ncjax.train import train_and_evaluate
 
 pytestmark = pytest.mark.torch
 
@@ -87,13 +84,6 @@ def saved(request, tmp_path_factory):
     return name, out
 
 
-def _module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_tokenizer_pieces_follow_the_family(saved):
     from ncjax import words
     from ncjax.convert import load_tokenizer
@@ -135,31 +125,13 @@ def test_head_source_must_have_the_head_width(tiny_bert_dir):
 
 def test_tiny_training_measurement_and_evaluation(saved, tmp_path):
     name, path = saved
-    corpus = tmp_path / "c.tsv"
-    corpus.write_text("Text\n" + "\n".join(
-        f"{s} {p}." for s in ("He", "She", "The man", "The woman") for p in ("was a nurse", "was a doctor",
-                                                                               "worked at the hospital")) + "\n")
-    c = _module(ROOT / "configs" / "bert_nc3.py", "bert_nc3").get_config("tiny")
-    c.model.path, c.data.path = str(path), str(corpus)
-    c.data.cache_dir = str(tmp_path / "cache")
-    c.train.num_steps, c.checkpoint.every_steps, c.log.progress = 6, 6, "off"
-    if name == "albert":  # the last layer (hidden 32) is not in the decoder rows' space (embedding 16)
-        c.penalty.features = "mlm_transform"
-    result = train_and_evaluate(c, tmp_path / "run")
-    assert result["status"] == "completed"
-    records = logs.read_metrics(tmp_path / "run" / "metrics.jsonl")
-    assert all(np.isfinite(r["loss"]) for r in records) and records[-1]["nc3_valid"] and records[-1]["loss/nc3"] > 0
-    export = tmp_path / "run" / "export" / "hf"
+    # ALBERT's last layer (hidden 32) is not in the decoder rows' space (embedding 16)
+    export, corpus = tiny_family_run(path, tmp_path, {"penalty.features": "mlm_transform"} if name == "albert" else None)
     cfg = json.loads((export / "config.json").read_text())
     arch = {"distilbert": "DistilBertForMaskedLM", "albert": "AlbertForMaskedLM"}[name]
     assert cfg["model_type"] == name and cfg["architectures"] == [arch]
 
-    out = tmp_path / "nc.json"
-    cli = _module(ROOT / "launch" / "measure_collapse.py", "measure_collapse")
-    assert cli.main(["--model", str(export), "--corpus", str(corpus), "--classes", "gender-gnglove",
-                     "--batch-size", "8", "--output", str(out)]) == 0
-    (res,) = json.loads(out.read_text())
-    assert res["num_classes"] >= 2 and np.isfinite(res["nc1_cdnv"])
+    measure_gender(export, corpus, tmp_path)
 
     results = {}
     for backend in ("jax", "torch"):

@@ -2,14 +2,12 @@
 padded past the tokenizer): word resolution, StereoSet's leading space, :tiny training, NC
 measurement and the benchmark suite on both backends."""
 
-import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import scores_close
+from conftest import measure_gender, scores_close, tiny_family_run
 from ncjax import bench, words
 from ncjax.bench import stereoset
 from ncjax.bench.scorer import JaxScorer, load_scorer
@@ -17,13 +15,6 @@ from ncjax.convert import load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_roberta_mlm"
-
-
-def _module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -69,31 +60,11 @@ def test_scorer_accepts_a_padded_vocabulary_only(tok):
 
 
 def test_tiny_training_measurement_and_evaluation(tmp_path, capsys):
-    corpus = tmp_path / "c.tsv"
-    corpus.write_text("Text\n" + "\n".join(
-        f"{s} {p}." for s in ("He", "She", "The man", "The woman") for p in ("was a nurse", "was a doctor",
-                                                                               "worked at the hospital")) + "\n")
-    c = _module(ROOT / "configs" / "bert_nc3.py", "bert_nc3").get_config("tiny")
-    c.model.path, c.data.path = str(FIXTURE), str(corpus)
-    c.data.cache_dir = str(tmp_path / "cache")
-    c.train.num_steps, c.checkpoint.every_steps, c.log.progress = 6, 6, "off"
-    from ncjax import logs
-    from ncjax.train import train_and_evaluate
-
-    result = train_and_evaluate(c, tmp_path / "run")
-    assert result["status"] == "completed"
-    records = logs.read_metrics(tmp_path / "run" / "metrics.jsonl")
-    assert all(np.isfinite(r["loss"]) for r in records) and records[-1]["nc3_valid"] and records[-1]["loss/nc3"] > 0
-    export = tmp_path / "run" / "export" / "hf"
+    export, corpus = tiny_family_run(FIXTURE, tmp_path)
     cfg = json.loads((export / "config.json").read_text())
     assert cfg["model_type"] == "roberta" and cfg["architectures"] == ["RobertaForMaskedLM"]
 
-    out = tmp_path / "nc.json"
-    cli = _module(ROOT / "launch" / "measure_collapse.py", "measure_collapse")
-    assert cli.main(["--model", str(export), "--corpus", str(corpus), "--classes", "gender-gnglove",
-                     "--batch-size", "8", "--output", str(out)]) == 0
-    (res,) = json.loads(out.read_text())
-    assert res["num_classes"] >= 2 and np.isfinite(res["nc1_cdnv"])
+    res = measure_gender(export, corpus, tmp_path)
     assert all(p.startswith("Ġ") for p in res["word_set"]["generic_pieces"])
 
     results = {}
