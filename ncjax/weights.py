@@ -71,12 +71,10 @@ def resolve_source(src: str | os.PathLike) -> Path:
         return warm_minilm_dir()
     path = Path(src).expanduser()
     if path.exists():
-        if (path / "state").is_dir() and (path / "meta").is_dir():
-            # a training checkpoint step: its export (ncjax.snapshot imports this module, so late)
-            from ncjax import snapshot
+        from ncjax import snapshot  # here, not at the top: snapshot's functions import this module
 
-            if snapshot.is_step_dir(path):
-                return snapshot.hf_export(path)
+        if snapshot.is_step_dir(path):  # a training checkpoint step: its export
+            return snapshot.hf_export(path)
         return path
     looks_local = str(src).startswith((".", "/", "~")) or str(src).count("/") > 1 or os.sep + os.sep in str(src)
     if looks_local:
