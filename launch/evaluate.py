@@ -31,7 +31,7 @@ import cli  # noqa: E402
 if __name__ == "__main__":  # before the heavy imports, so an early Ctrl-C is one line too
     cli.exit_on_interrupt("interrupted; no result file was written")
 
-from ncjax import bench, files  # noqa: E402
+from ncjax import bench, cache, files  # noqa: E402
 from ncjax.bench import registry  # noqa: E402
 
 
@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.add_argument(o.cli_flag, dest=o.name, type=_checked(o), default=o.default, choices=o.choices,
                            help=o.help)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="keep compiled programs in DIR for later runs (default: JAX_COMPILATION_CACHE_DIR, "
+                        "else ~/.cache/ncjax/jax; 'off' turns it off)")
     return p.parse_args(argv)
 
 
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         files.check_outputs({"--output": args.output, "--markdown": markdown, "--per-example": args.per_example})
         if args.workdir is not None:
             files.check_directory(args.workdir, "--workdir")
+        cache.enable(args.compile_cache)
         results = bench.evaluate(
             args.model,
             args.benchmarks,

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seed for random:K (default: 0)")
     p.add_argument("--output", required=True, help="JSON file: a list with one object per model")
     p.add_argument("--plot", default=None, help="PNG file: a bar chart per metric (needs matplotlib)")
+    p.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="keep compiled programs in DIR for later runs (default: JAX_COMPILATION_CACHE_DIR, "
+                        "else ~/.cache/ncjax/jax; 'off' turns it off)")
     return p.parse_args(argv)
 
 
@@ -113,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ncjax").setLevel(logging.INFO)
     import jax
 
-    from ncjax import convert, measure, parallel
+    from ncjax import cache, convert, measure, parallel
 
     try:
         check_args(args)
+        cache.enable(args.compile_cache)
         lines = measure.read_corpus(args.corpus, column=args.column, field=args.field)
         mesh = parallel.make_mesh() if jax.device_count() > 1 else None
         results = []

@@ -17,7 +17,6 @@ line on stderr on a bad input.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -52,13 +51,14 @@ def main(argv: list[str]) -> None:
             files.check_outputs({"report": workdir / "report.json", "report table": workdir / "report.md"})
     except ValueError as e:
         sys.exit(f"error: {e}")
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        # Every cell of a grid compiles the same few programs: a persistent cache in the grid
-        # directory compiles each once (JAX_COMPILATION_CACHE_DIR chooses another place).
-        import jax
+    from ncjax import cache, summary
 
-        jax.config.update("jax_compilation_cache_dir", str(workdir.absolute() / "jax_cache"))
-    from ncjax import summary
+    # Every cell of a grid compiles the same few programs: a persistent cache in the grid
+    # directory compiles each once (JAX_COMPILATION_CACHE_DIR chooses another place).
+    try:
+        cache.enable(workdir / "jax_cache")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
 
     try:
         if _LIST.value:

@@ -50,9 +50,12 @@ def main(argv: list[str]) -> None:
     cli.run_setup(argv)
     # before and after the loop (which saves a checkpoint first), Ctrl-C is one line, no traceback
     cli.exit_on_interrupt("interrupted; rerun the same command to resume from the last checkpoint")
+    from ncjax import cache, files
     from ncjax.train import train_and_evaluate
 
     try:
+        # a rerun (a resume after preemption) loads the compiled step instead of compiling it again
+        cache.enable(files.check_directory(_WORKDIR.value, "--workdir") / "jax_cache")
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW.value)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError) as e:
         sys.exit(f"error: {e}")

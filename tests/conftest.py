@@ -8,6 +8,18 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One persistent compilation cache for the session, subprocesses included (they inherit the
+# environment): the tests compile the same tiny programs many times over, and the command-line
+# tools would otherwise cache into the user's ~/.cache.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ncjax-tests-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from pathlib import Path  # noqa: E402
 
@@ -49,32 +61,6 @@ def build_hf_mlm(family: str, seed: int = 0, **overrides):
     with torch.no_grad():
         hf.get_output_embeddings().bias.normal_()
     return hf
-
-
-@pytest.fixture(scope="module")
-def compilation_cache_env(tmp_path_factory):
-    """A persistent compilation cache for one test module: runs that compile the same programs
-    (same shapes, device count and settings) load them instead of recompiling. Yields the
-    environment variables that give subprocesses the same cache."""
-    import jax
-
-    try:  # private, but the only way to re-read the setting once JAX has looked at it
-        from jax._src.compilation_cache import reset_cache
-    except ImportError:  # pragma: no cover - a future JAX: the runs simply compile each time
-        def reset_cache():
-            return None
-
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {n: jax.config.values[n] for n in names}
-    for n, v in zip(names, (path, 0.0, 0)):
-        jax.config.update(n, v)
-    reset_cache()  # the cache may have been checked (and found unset) by earlier tests
-    yield {n.upper(): str(v) for n, v in zip(names, (path, 0, 0))}
-    for n, v in saved.items():
-        jax.config.update(n, v)
-    reset_cache()
 
 
 @pytest.fixture(scope="session")

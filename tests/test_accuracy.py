@@ -85,7 +85,7 @@ def test_accuracy_is_deterministic_and_ignores_padding_rows(tiny):
         accuracy.masked_accuracy(graphdef, params, empty, seed=1, **kw)
 
 
-def test_warmup_logs_heldout_accuracy_of_the_exported_model(tmp_path, compilation_cache_env):
+def test_warmup_logs_heldout_accuracy_of_the_exported_model(tmp_path):
     """configs/mlm_warmup.py:tiny: the accuracy logged at steps 4 and 8 is the accuracy of the models
     exported there (export.every_steps=4 and the final export) on the held-out set, and
     export.publish installs an identical copy of the final export."""

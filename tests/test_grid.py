@@ -48,13 +48,7 @@ def _tiny_grid():
 
 
 @pytest.fixture(scope="module")
-def cache_env(compilation_cache_env):
-    """One persistent compilation cache for the in-process grid and the subprocess."""
-    return compilation_cache_env
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache_env):
+def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("grid_a")
     cwd = os.getcwd()
     os.chdir(REPO)  # recipe configs name the fixture relative to the checkout
@@ -114,7 +108,7 @@ def test_aggregate_equals_recomputation(uninterrupted):
     assert base["metrics"]["unc3"]["mean"] == pytest.approx(cell("000-base")[1]["gender-adept"]["unc3_cos_std"])
 
 
-def test_kill_mid_grid_and_resume_gives_identical_report(uninterrupted, tmp_path, cache_env):
+def test_kill_mid_grid_and_resume_gives_identical_report(uninterrupted, tmp_path):
     done_dir, want = uninterrupted
     workdir = tmp_path / "grid_b"
     # the finished grid without its last two cells and its report: the rerun must skip cells
@@ -127,7 +121,7 @@ def test_kill_mid_grid_and_resume_gives_identical_report(uninterrupted, tmp_path
             p.unlink()
     args = [sys.executable, str(REPO / "launch" / "reproduce.py"), "--config", str(REPO / "configs" / "reproduce.py:tiny"),
             "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    env = {**os.environ, **cache_env, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     target = workdir / "cells" / "007-cda-nc3-s0" / "train" / "checkpoints"

@@ -12,7 +12,7 @@ import pytest
 from ncjax import logs
 
 # The kill/resume machinery of the train tests, and its compilation cache for the subprocesses.
-from test_train import _copy, _state, compilation_cache, kill_after_checkpoint_then_rerun  # noqa: F401
+from test_train import _copy, _state, kill_after_checkpoint_then_rerun  # noqa: F401
 
 RECIPES = ("bert_nc3", "cda_nc3", "dropout_nc3", "mlm_nc3", "ase_nc3", "mabel_nc3")
 # bert_nc3:tiny trains in tests/test_train.py (1 vs 8 devices included), ase_nc3:tiny in the ASE

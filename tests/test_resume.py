@@ -19,8 +19,8 @@ import pytest
 
 from ncjax import logs, resume
 from ncjax.checkpoint import Checkpointer, CheckpointLayoutError, abstract_like, layout, layout_difference
-from test_train import (  # noqa: F401  (fixtures: the shared compilation cache, subprocess clean-up)
-    _copy, _finish, _reap_subprocesses, _subprocess, base_config, compilation_cache, corpus,
+from test_train import (  # noqa: F401  (fixtures: the shared run config and corpus, subprocess clean-up)
+    _copy, _finish, _reap_subprocesses, _subprocess, base_config, corpus,
     EVERY, SLOW_STEPS, STEPS, signal_after_steps,
 )
 

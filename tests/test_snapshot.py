@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 
 from conftest import scores_close
 from ncjax import convert, snapshot, weights
-from test_train import _copy, base_config, compilation_cache, corpus  # noqa: F401  (fixtures)
+from test_train import _copy, base_config, corpus  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -52,18 +52,6 @@ def _write_corpus(path: Path, n: int = 96, seed: int = 0) -> None:
     path.write_text("Text\n" + "\n".join(rows) + "\n")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(compilation_cache_env):
-    """Every run here compiles the same step (same config and device count): all but the first
-    load it from the module's persistent cache. Subprocesses get it through the environment."""
-    _CACHE_ENV.update(compilation_cache_env)
-    yield
-    _CACHE_ENV.clear()
-
-
-_CACHE_ENV: dict = {}
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "tiny.tsv"
@@ -135,7 +123,7 @@ def _subprocess(code: str, config, workdir, env=None) -> subprocess.Popen:
     with open(log_path, "w") as out:  # a file, not a pipe: a chatty child can never block on it
         proc = subprocess.Popen([sys.executable, "-c", script, config.to_json(), str(workdir)],
                                 stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, **_CACHE_ENV, **(env or {})}, cwd=REPO)
+                                env={**os.environ, **(env or {})}, cwd=REPO)
     proc.log_path = log_path
     _STARTED.append(proc)
     return proc
