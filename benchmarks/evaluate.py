@@ -17,8 +17,11 @@ bundled data, on the CPU. Each side runs in its own process (the script starts i
   torch backend / jax backend is the framework's share.
 - ncjax jax backend: the same with `backend="jax"` (length ladder; its time includes the jit
   compiles, no persistent compilation cache).
+- ncjax jax backend, warm cache (`jax-cached`): the same with the persistent compilation cache the
+  command-line tools keep (`ncjax.cache`), filled by one untimed run before the rounds: what a
+  second evaluation on the same machine costs. Programs are loaded, not compiled.
 
-`--runs` rounds (default 3) of the three sides give each time as the median (min-max) over the
+`--runs` rounds (default 3) of the sides (`--sides`, default all four) give each time as the median (min-max) over the
 rounds, and the ratios of the medians. It prints the score differences (jax vs reference, jax vs
 torch backend) of the first round, and the jax side's scores. Model loading is timed apart and
 left out. `--limit N` scores the first N examples of each file (SEAT: of each set) on every
@@ -286,7 +289,12 @@ def max_diff(a, b, path=""):
     return abs(float(a) - float(b))
 
 
-SIDES = ("reference", "torch", "jax")
+SIDES = ("reference", "torch", "jax", "jax-cached")
+HEADERS = {"reference": "reference s", "torch": "ncjax torch backend s", "jax": "ncjax jax backend s",
+           "jax-cached": "ncjax jax backend, warm cache s"}
+# (numerator, denominator, header) of the ratio columns, shown when both sides ran
+RATIOS = (("reference", "jax", "reference / jax"), ("torch", "jax", "torch backend / jax"),
+          ("torch", "jax-cached", "torch backend / jax warm cache"))
 
 
 def run_side(side: str, model_dir: Path, names: list[str], limit: int | None, batch_size: int) -> dict:
@@ -309,7 +317,7 @@ def run_side(side: str, model_dir: Path, names: list[str], limit: int | None, ba
             scores[name] = fns[name](model, tok, limit)
             seconds[name] = time.perf_counter() - t
     else:
-        scorer = load_scorer(model_dir, side, batch_size=batch_size)
+        scorer = load_scorer(model_dir, side.split("-")[0], batch_size=batch_size)
         load = time.perf_counter() - t
         scores = bench.evaluate(scorer, names, limit=limit, progress=False)
         seconds = scores.pop("seconds")
@@ -317,10 +325,14 @@ def run_side(side: str, model_dir: Path, names: list[str], limit: int | None, ba
     return {"seconds": seconds, "total": sum(seconds.values()), "load": load, "scores": scores}
 
 
-def _spawn(side: str, model_dir: Path, args: argparse.Namespace) -> dict:
+def _spawn(side: str, model_dir: Path, args: argparse.Namespace, cache_dir: Path) -> dict:
     cmd = [sys.executable, __file__, "--side", side, "--model-dir", str(model_dir), "--benchmarks", args.benchmarks,
            "--batch-size", str(args.batch_size)] + (["--limit", str(args.limit)] if args.limit else [])
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+    if side == "jax-cached":  # the settings ncjax.cache.enable makes
+        env |= {"JAX_COMPILATION_CACHE_DIR": str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"the {side} side failed (exit {proc.returncode}); its output is above.")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -346,7 +358,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="first N examples per file on every side")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--benchmarks", default=",".join(bench.BENCHMARKS))
-    p.add_argument("--runs", type=int, default=3, help="rounds of the three sides (default 3; medians over them)")
+    p.add_argument("--runs", type=int, default=3, help="rounds of the sides (default 3; medians over them)")
+    p.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated sides to run (default: {','.join(SIDES)})")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -357,46 +370,59 @@ def main() -> None:
         return
     if args.runs < 1:
         raise SystemExit(f"--runs {args.runs} must be at least 1.")
+    sides = [x for x in args.sides.split(",") if x]
+    if not sides or set(sides) - set(SIDES) or "jax" not in sides:
+        raise SystemExit(f"--sides {args.sides!r}: choose from {', '.join(SIDES)}, including jax (scores are compared to it).")
+    sides = [x for x in SIDES if x in sides]
 
     import jax
     import torch
     import transformers
 
-    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         # one export that every side reads: the same weights everywhere
         model, config = load_model(minilm_dir(), init_missing_head=True, seed=0)
         model_dir = save_hf(model, config, Path(tmp) / "hf", tokenizer_src=minilm_dir())
         del model
+        cache_dir = Path(tmp) / "jax_cache"
+        if "jax-cached" in sides:
+            warm = _spawn("jax-cached", model_dir, args, cache_dir)  # fills the cache, untimed
+            print(f"# cache filled: {warm['total']:.1f} s, {len(list(cache_dir.iterdir()))} programs",
+                  file=sys.stderr, flush=True)
         for r in range(args.runs):
-            for side in SIDES:
-                runs[side].append(_spawn(side, model_dir, args))
+            for side in sides:
+                runs[side].append(_spawn(side, model_dir, args, cache_dir))
                 print(f"# round {r + 1}: {side} {runs[side][-1]['total']:.1f} s", file=sys.stderr, flush=True)
 
     print(f"# bias benchmark suite, MiniLM-L6 + seeded MLM head, limit={args.limit}, {args.runs} rounds")
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} {platform.processor() or ''}, "
           f"{os.cpu_count()} CPUs, jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
           f"threads), transformers {transformers.__version__}, Python {platform.python_version()}")
-    print("| benchmark | reference s | ncjax torch backend s | ncjax jax backend s | reference / jax | "
-          "torch backend / jax | max score difference (jax vs reference; jax vs torch) |")
-    print("|---|---|---|---|---|---|---|")
-    med = {side: {} for side in SIDES}
+    ratios = [(a, b, h) for a, b, h in RATIOS if a in sides and b in sides]
+    others = [x for x in sides if x != "jax"]
+    heads = [HEADERS[x] for x in sides] + [h for _, _, h in ratios] + [
+        f"max score difference (jax vs {', '.join(others)})"]
+    print("| benchmark | " + " | ".join(heads) + " |")
+    print("|---" * (len(heads) + 1) + "|")
+    med = {side: {} for side in sides}
     for name in [*names, "total"]:
         cells = []
-        for side in SIDES:
+        for side in sides:
             xs = [run["total"] if name == "total" else run["seconds"][name] for run in runs[side]]
             med[side][name] = statistics.median(xs)
             cells.append(_median(xs))
+        cells += [f"{med[a][name] / med[b][name]:.2f}x" for a, b, _ in ratios]
         if name == "total":
-            diff = ""
+            cells.append("")
         else:
             jax_scores = runs["jax"][0]["scores"][name]
-            diff = (f"{_score_diff(name, jax_scores, runs['reference'][0]['scores'][name]):.2g}; "
-                    f"{max_diff(jax_scores, runs['torch'][0]['scores'][name]):.2g}")
-        print(f"| {name} | {' | '.join(cells)} | {med['reference'][name] / med['jax'][name]:.1f}x | "
-              f"{med['torch'][name] / med['jax'][name]:.2f}x | {diff} |")
+            diffs = [_score_diff(name, jax_scores, runs[x][0]["scores"][name]) if x == "reference"
+                     else max_diff(jax_scores, runs[x][0]["scores"][name]) for x in others]
+            cells.append("; ".join(f"{d:.2g}" for d in diffs))
+        print(f"| {name} | {' | '.join(cells)} |")
     print("# model loading (not in the times): " + ", ".join(
-        f"{side} {_median([run['load'] for run in runs[side]])} s" for side in SIDES))
+        f"{side} {_median([run['load'] for run in runs[side]])} s" for side in sides))
     print()
     first = runs["jax"][0]
     print(bench.markdown(first["scores"] | {"seconds": {**first["seconds"], "total": first["total"]}}), end="")
