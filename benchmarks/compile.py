@@ -37,8 +37,16 @@ VARIANTS = {
 }
 
 
-def measure(cfg, options, dtype, batch, class_ids, tokenizer, steps):
-    """(compile seconds, per-step seconds, temp bytes or None) of one variant."""
+def make_batch(cfg, class_ids, rows: int, length: int) -> dict:
+    """A random batch [rows, length] with a class word every 7th position, so NC3 has statistics."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, cfg.vocab_size, (rows, length)).astype(np.int32)
+    ids[:, 1:-1:7] = rng.choice(class_ids, size=ids[:, 1:-1:7].shape)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def build(cfg, options, dtype, batch, class_ids, tokenizer):
+    """(jitted step, train state, global batch) of one variant on one device."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train_step import _config  # the recipe the benchmark scripts share
 
@@ -57,7 +65,12 @@ def measure(cfg, options, dtype, batch, class_ids, tokenizer, steps):
                                          np.asarray(class_ids, np.int32), cfg.hidden_size)]
     fn = step.make_train_step(graphdef, tx, schedule, mesh=mesh, seed=0, terms=loss_terms)
     train_state = step.init_state(params, tx, mesh, loss_terms)
-    global_batch = parallel.global_batch(batch, mesh)
+    return fn, train_state, parallel.global_batch(batch, mesh)
+
+
+def measure(cfg, options, dtype, batch, class_ids, tokenizer, steps):
+    """(compile seconds, per-step seconds, temp bytes or None) of one variant."""
+    fn, train_state, global_batch = build(cfg, options, dtype, batch, class_ids, tokenizer)
     t = time.perf_counter()
     compiled = fn.lower(train_state, global_batch).compile()
     compile_s = time.perf_counter() - t
@@ -89,10 +102,7 @@ def main() -> None:
     class_ids = np.asarray(words.resolve(words.bundled("gender-gnglove"), tokenizer, "first_piece").ids, np.int32)
     cfg = BertConfig(num_hidden_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
                      intermediate_size=4 * args.hidden)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
-    ids[:, 1:-1:7] = rng.choice(class_ids, size=ids[:, 1:-1:7].shape)
-    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    batch = make_batch(cfg, class_ids, args.batch, args.length)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
 
     print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} devices={jax.devices()}")
