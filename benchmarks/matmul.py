@@ -7,7 +7,7 @@ the ratio of one's product throughput to the other's achieved step throughput. T
 measures that ceiling: jitted `a @ b` in JAX (XLA) and `a @ b` in PyTorch (its BLAS, `torch.
 get_num_threads()` threads), each side in its own process, at the products of the MiniLM-shape
 step (16 x 64 = 1024 token rows, hidden 384, feed-forward 1536) and one large square product.
-Each shape: 3 untimed calls, then `--repeats` timed calls; median (min-max) GFLOP/s.
+Each shape: 2 untimed calls, then `--repeats` timed calls; median (min-max) GFLOP/s.
 
     python benchmarks/matmul.py
 """
@@ -24,6 +24,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from forward import timed  # noqa: E402  (the benchmarks' shared timing loop)
 
 # (rows, contraction, columns): the step's products (Q/K/V/output projection, feed-forward in and
 # out at 1024 token rows) and a large square one
@@ -53,14 +56,7 @@ def run_side(side: str, repeats: int) -> dict:
 
             def call():
                 ta @ tb
-        for _ in range(3):
-            call()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t)
-        out[f"{m}x{k}x{n}"] = [2 * m * k * n / s / 1e9 for s in times]
+        out[f"{m}x{k}x{n}"] = [2 * m * k * n / s / 1e9 for s in timed(call, repeats)]
     if side == "jax":
         import jax
 
