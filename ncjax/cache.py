@@ -56,8 +56,9 @@ def enable(requested: str | Path | None = None) -> Path | None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"The compilation cache directory {path} cannot be created ({e.strerror}); "
-                         f"choose another with --compile-cache DIR, or turn it off with --compile-cache off.") from e
+        raise ValueError(f"The compilation cache directory {path} cannot be created ({e.strerror}); point "
+                         f"JAX_COMPILATION_CACHE_DIR at a writable directory (evaluate and measure_collapse also "
+                         f"take --compile-cache DIR or --compile-cache off).") from e
     jax.config.update("jax_compilation_cache_dir", str(path.absolute()))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
