@@ -1,7 +1,6 @@
 """Held-out masked-token accuracy (ncjax.accuracy), its logging in training, the warm-up recipe
 (configs/mlm_warmup.py) and the `minilm-mlm` model source it installs."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,16 +10,14 @@ import pytest
 from flax import nnx
 
 from ncjax import accuracy, convert, data, logs, masking, weights
+from conftest import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 LINES = (REPO / "tests" / "fixtures" / "gender_lines.txt").read_text().splitlines()
 
 
 def _config(file: str, variant: str | None):
-    spec = importlib.util.spec_from_file_location(file, REPO / "configs" / f"{file}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_module(REPO / "configs" / f"{file}.py", file).get_config(variant)
 
 
 @pytest.fixture(scope="module")

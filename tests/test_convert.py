@@ -14,6 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from ncjax import convert
 from ncjax.convert import load_model, minilm_dir, params_to_hf, save_hf, save_ncjax
+from conftest import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["The nurse said she was tired.", "He is a doctor at the hospital, and a good one."]
@@ -223,11 +224,7 @@ def test_offline_hub_id_gives_clear_error(monkeypatch):
 
 
 def test_convert_cli(tiny_bert_dir, tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("launch_convert", ROOT / "launch" / "convert.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_module(ROOT / "launch" / "convert.py", "launch_convert")
     assert cli.main([str(tiny_bert_dir), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").is_file()
     assert cli.main([str(tmp_path / "hf"), str(tmp_path / "nc"), "--to", "ncjax"]) == 0

@@ -1,7 +1,6 @@
 """Dropout PRNG choice: masks depend only on (seed, step), a resumed step reproduces them bit for
 bit, the choice does not depend on the device count, and threefry keeps the earlier masks."""
 
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -12,6 +11,7 @@ from flax import nnx
 from ncjax import convert, parallel
 from ncjax import step as step_lib
 from ncjax.rng import dropout_key
+from conftest import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,10 +28,7 @@ def test_threefry_key_is_the_earlier_raw_key_and_auto_is_threefry_on_cpu():
 
 @pytest.fixture(scope="module")
 def rbg_steps(tiny_bert_dir):
-    spec = importlib.util.spec_from_file_location("bert_nc3", REPO / "configs" / "bert_nc3.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("tiny")
+    c = load_module(REPO / "configs" / "bert_nc3.py", "bert_nc3").get_config("tiny")
     model, _ = convert.load_model(tiny_bert_dir)
     graphdef, params = nnx.split(model)
     params = jax.device_get(nnx.to_pure_dict(params))

@@ -6,7 +6,6 @@ SIGKILLed while cell 7 is training, and rerun: its report must equal the uninter
 and the report's aggregates must equal a recomputation from the per-cell JSON files with scipy.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -22,6 +21,7 @@ import pytest
 import scipy.stats
 
 from ncjax import grid, summary
+from conftest import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = {
@@ -34,10 +34,7 @@ OVERRIDES = {
 
 
 def _tiny_grid():
-    spec = importlib.util.spec_from_file_location("reproduce_config", REPO / "configs" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("tiny")
+    c = load_module(REPO / "configs" / "reproduce.py", "reproduce_config").get_config("tiny")
     for key, value in OVERRIDES.items():
         node, *_ = [c]
         *parents, leaf = key.split(".")
@@ -211,10 +208,7 @@ def test_every_variant_builds_each_cell_config(variant, monkeypatch, tiny_bert_d
     from ncjax import weights
 
     monkeypatch.setenv(weights.WARM_MINILM_ENV, str(tiny_bert_dir))  # stands in for the warm-up's export
-    spec = importlib.util.spec_from_file_location("reproduce_config", REPO / "configs" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(variant)
+    c = load_module(REPO / "configs" / "reproduce.py", "reproduce_config").get_config(variant)
     all_cells = grid.cells(c)
     assert len(all_cells) == 1 + len(c.recipes.split(",")) * 2 * 3
     by_key = {}

@@ -1,6 +1,5 @@
 """launch/measure_collapse.py end to end: JSON, table, plot, corpus formats, clear errors."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +8,7 @@ import pytest
 from transformers import BertTokenizer
 
 from ncjax import collapse, measure
+from conftest import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ISSUE_KEYS = (
@@ -19,10 +19,7 @@ LINES = (ROOT / "tests" / "fixtures" / "gender_lines.txt").read_text().splitline
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("measure_collapse", ROOT / "launch" / "measure_collapse.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module(ROOT / "launch" / "measure_collapse.py", "measure_collapse")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 bfloat16 operands (forward and backward, exact and fused attention, the MLM train step), while
 parameters, optimiser state and the statistics stay float32."""
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from flax import nnx
 
 from ncjax import convert, parallel
 from ncjax import step as step_lib
+from conftest import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 _DOT = re.compile(r"stablehlo\.dot_general .*: \(tensor<([0-9x]*)x(\w+)>, tensor<([0-9x]*)x(\w+)>\) -> tensor<([0-9x]*)x(\w+)>")
@@ -72,10 +72,7 @@ def test_float32_model_is_all_float32(tiny_bert_dir):
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_bf16_train_step_products_and_state(tiny_bert_dir, alpha):
-    spec = importlib.util.spec_from_file_location("bert_nc3", REPO / "configs" / "bert_nc3.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("tiny")
+    c = load_module(REPO / "configs" / "bert_nc3.py", "bert_nc3").get_config("tiny")
     c.penalty.alpha = alpha
     model, _ = convert.load_model(tiny_bert_dir, dtype=jnp.bfloat16)
     graphdef, params = nnx.split(model)

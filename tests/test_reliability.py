@@ -2,7 +2,6 @@
 traceback, interrupts that leave nothing half-written, sources never touched, a work directory
 held by one process at a time."""
 
-import importlib.util
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import pytest
 
 from ncjax import files
 from ncjax.lock import WorkdirLock, WorkdirLockedError
+from conftest import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 LINES = (REPO / "tests" / "fixtures" / "gender_lines.txt").read_text().splitlines()
@@ -32,10 +32,7 @@ _SCRIPTS = {}
 
 def _script(name):
     if name not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location(f"launch_{name[:-3]}", REPO / "launch" / name)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _SCRIPTS[name] = module
+        _SCRIPTS[name] = load_module(REPO / "launch" / name, f"launch_{name[:-3]}")
     return _SCRIPTS[name]
 
 

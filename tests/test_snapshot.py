@@ -5,7 +5,6 @@ export at step 8) is the reference: its last checkpoint must export bit-for-bit 
 final export, on 1 device as well; the step already exported is reused; every tool reads a step.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import scores_close
+from conftest import load_module, scores_close
 from ncjax import convert, snapshot, weights
 from test_train import _copy, base_config, corpus  # noqa: F401  (fixtures)
 
@@ -89,7 +88,7 @@ def test_convert_and_both_bench_backends_read_a_step(run, tmp_path):
 
     work = _copy_run(run, tmp_path)
     step = work / "checkpoints" / "4"
-    cli = _module(ROOT / "launch" / "convert.py", "convert_cli")
+    cli = load_module(ROOT / "launch" / "convert.py", "convert_cli")
     assert cli.main([str(step), str(tmp_path / "ncjax4"), "--to", "ncjax"]) == 0
     a, _ = convert.load_model(tmp_path / "ncjax4")
     b, _ = convert.load_model(step)
@@ -108,7 +107,7 @@ def test_convert_and_both_bench_backends_read_a_step(run, tmp_path):
 
 def test_measure_collapse_reads_a_step(run, tmp_path, corpus):  # noqa: F811
     work = _copy_run(run, tmp_path)
-    cli = _module(ROOT / "launch" / "measure_collapse.py", "measure_collapse")
+    cli = load_module(ROOT / "launch" / "measure_collapse.py", "measure_collapse")
     out = tmp_path / "nc.json"
     assert cli.main(["--model", str(work / "checkpoints" / "4"), "--model", str(work / "export" / "hf"),
                      "--corpus", str(corpus), "--classes", "gender-gnglove", "--batch-size", "8",
@@ -166,8 +165,3 @@ def test_stacked_layers_and_an_own_decoder_export_exactly(base_config, tmp_path)
     _assert_same(_tensors(weights.resolve_source(tmp_path / "checkpoints" / "2")), _tensors(tmp_path / "export" / "hf"))
 
 
-def _module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

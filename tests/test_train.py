@@ -6,7 +6,6 @@ rerun (bit-identical parameters), a SIGTERMed run (checkpoint, exit 0), and a tw
 over 127.0.0.1 with CPU collectives (same losses as one process with the same global batch).
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import pytest
 
 from ncjax import logs
 from ncjax.checkpoint import Checkpointer
+from conftest import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 12, 4
@@ -33,10 +33,7 @@ LOSS_RTOL = 2e-4
 
 
 def _load_config(variant):
-    spec = importlib.util.spec_from_file_location("bert_nc3", REPO / "configs" / "bert_nc3.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_module(REPO / "configs" / "bert_nc3.py", "bert_nc3").get_config(variant)
 
 
 def _write_corpus(path: Path, n: int = 96, seed: int = 0) -> None:
